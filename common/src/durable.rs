@@ -1,0 +1,105 @@
+//! The one way a durable file comes into existence: written under a temporary name in the
+//! same filesystem, fsynced, made read-only, published under its final name with a
+//! no-replace primitive (a hard link, which fails if the name exists), then the directory
+//! is fsynced. A crash leaves either no file or the whole file; a published name is never
+//! written again.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Created,
+    /// The name already existed; it was left untouched.
+    AlreadyExisted,
+}
+
+/// Writes `data` to `dir/name` write-once, staging it in `tmp_dir` (same filesystem).
+pub fn write_once(tmp_dir: &Path, dir: &Path, name: &str, data: &[u8]) -> io::Result<Published> {
+    write_once_with(tmp_dir, dir, name, |f| f.write_all(data))
+}
+
+/// Like [`write_once`], with the content produced by `fill` (for streamed writes).
+pub fn write_once_with(
+    tmp_dir: &Path,
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<Published> {
+    let target = dir.join(name);
+    let tmp = tmp_dir.join(format!(
+        "{}.{}.{:016x}.tmp",
+        name.replace('/', "_"),
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        fill(&mut file)?;
+        file.set_permissions(fs::Permissions::from_mode(0o444))?;
+        file.sync_all()?;
+        drop(file);
+        match fs::hard_link(&tmp, &target) {
+            Ok(()) => {
+                sync_dir(dir)?;
+                Ok(Published::Created)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Published::AlreadyExisted),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+/// fsyncs a directory so that entries created in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishes_once_and_never_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let tmp = d.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        assert_eq!(
+            write_once(&tmp, d.path(), "a", b"first").unwrap(),
+            Published::Created
+        );
+        assert_eq!(
+            write_once(&tmp, d.path(), "a", b"second").unwrap(),
+            Published::AlreadyExisted
+        );
+        assert_eq!(fs::read(d.path().join("a")).unwrap(), b"first");
+        let mode = fs::metadata(d.path().join("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o444);
+        assert_eq!(
+            fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "temp file left behind"
+        );
+    }
+
+    #[test]
+    fn a_failed_fill_publishes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let err = write_once_with(d.path(), d.path(), "b", |_| Err(io::Error::other("boom")));
+        assert!(err.is_err());
+        assert!(!d.path().join("b").exists());
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+}

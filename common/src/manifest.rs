@@ -1,0 +1,88 @@
+//! The snapshot manifest: one immutable JSON document per committed snapshot, naming the
+//! database dump and every object by content hash and chunk list. Times and ids in it come
+//! from the receiver's clock; what the sender claimed is kept only as information.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::ChunkId;
+
+/// Version of the manifest format; readers refuse versions they do not know.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpEntry {
+    pub file_name: String,
+    pub database: String,
+    pub size: u64,
+    pub hash: ChunkId,
+    pub chunks: Vec<ChunkRef>,
+    /// Exact row count per table (`schema.table`), taken in the dump's own snapshot.
+    pub row_counts: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEntry {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub hash: ChunkId,
+    pub chunks: Vec<ChunkRef>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStats {
+    pub object_count: u64,
+    pub object_bytes: u64,
+    pub dump_bytes: u64,
+    /// Chunks and (stored, possibly compressed) bytes this snapshot's session added.
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    /// Commit time on the receiver's clock: the only time retention looks at.
+    pub time: DateTime<Utc>,
+    /// What the sender said its clock read; information only.
+    pub sender_time: Option<DateTime<Utc>>,
+    pub source_host: String,
+    pub peer_identity: String,
+    pub bucket: String,
+    pub dump: Option<DumpEntry>,
+    pub objects: Vec<ObjectEntry>,
+    pub stats: SnapshotStats,
+    /// Why the receiver's anomaly guard distrusts this snapshot, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
+}
+
+impl Manifest {
+    /// Every chunk the snapshot needs, dump first, in stream order (with repeats).
+    pub fn chunk_refs(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.dump
+            .iter()
+            .flat_map(|d| d.chunks.iter())
+            .chain(self.objects.iter().flat_map(|o| o.chunks.iter()))
+    }
+
+    /// Total bytes of the snapshot's source data (dump plus objects).
+    pub fn total_bytes(&self) -> u64 {
+        self.stats.dump_bytes + self.stats.object_bytes
+    }
+}
+
+/// Sum of chunk lengths: must equal the declared size of the stream they make up.
+pub fn chunk_total(chunks: &[ChunkRef]) -> u64 {
+    chunks.iter().map(|c| u64::from(c.len)).sum()
+}

@@ -1,0 +1,205 @@
+//! Conversions between the protobuf messages and the manifest types. Everything arriving
+//! from the network passes through here and is checked for shape (id lengths, sizes that
+//! match their chunk lists) before the receiver looks at it further.
+
+use crate::chunk::{ChunkError, ChunkId, MAX_CHUNK};
+use crate::keys::{self, KeyError};
+use crate::manifest::{chunk_total, ChunkRef, DumpEntry, ObjectEntry};
+use crate::proto;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{what}: {source}")]
+    Chunk {
+        what: String,
+        #[source]
+        source: ChunkError,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{what}: chunk of {len} bytes is outside 1..={MAX_CHUNK}")]
+    ChunkLen { what: String, len: u32 },
+    #[error("{what}: declared size {declared} but its chunks add up to {actual}")]
+    SizeMismatch {
+        what: String,
+        declared: u64,
+        actual: u64,
+    },
+    #[error("{what}: etag longer than 256 bytes")]
+    EtagTooLong { what: String },
+    #[error("dump file name {0:?} is not a plain file name")]
+    DumpName(String),
+}
+
+fn chunk_refs_from_proto(
+    what: &str,
+    refs: Vec<proto::ChunkRef>,
+) -> Result<Vec<ChunkRef>, WireError> {
+    refs.into_iter()
+        .map(|r| {
+            let id = ChunkId::from_slice(&r.id).map_err(|source| WireError::Chunk {
+                what: what.to_string(),
+                source,
+            })?;
+            if r.len == 0 || r.len > MAX_CHUNK {
+                return Err(WireError::ChunkLen {
+                    what: what.to_string(),
+                    len: r.len,
+                });
+            }
+            Ok(ChunkRef { id, len: r.len })
+        })
+        .collect()
+}
+
+fn check_size(what: &str, declared: u64, chunks: &[ChunkRef]) -> Result<(), WireError> {
+    let actual = chunk_total(chunks);
+    if actual != declared {
+        return Err(WireError::SizeMismatch {
+            what: what.to_string(),
+            declared,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn hash_from_proto(what: &str, bytes: &[u8]) -> Result<ChunkId, WireError> {
+    ChunkId::from_slice(bytes).map_err(|source| WireError::Chunk {
+        what: format!("{what} hash"),
+        source,
+    })
+}
+
+pub fn chunk_refs_to_proto(refs: &[ChunkRef]) -> Vec<proto::ChunkRef> {
+    refs.iter()
+        .map(|r| proto::ChunkRef {
+            id: r.id.0.to_vec(),
+            len: r.len,
+        })
+        .collect()
+}
+
+pub fn object_to_proto(o: &ObjectEntry) -> proto::ObjectEntry {
+    proto::ObjectEntry {
+        key: o.key.clone(),
+        size: o.size,
+        etag: o.etag.clone(),
+        hash: o.hash.0.to_vec(),
+        chunks: chunk_refs_to_proto(&o.chunks),
+    }
+}
+
+/// Validates an object entry from the network: a safe key, a 32-byte hash, chunk
+/// lengths within bounds that add up to the declared size.
+pub fn object_from_proto(o: proto::ObjectEntry) -> Result<ObjectEntry, WireError> {
+    keys::validate(&o.key)?;
+    let what = format!("object {:?}", o.key);
+    if o.etag.len() > 256 {
+        return Err(WireError::EtagTooLong { what });
+    }
+    let chunks = chunk_refs_from_proto(&what, o.chunks)?;
+    check_size(&what, o.size, &chunks)?;
+    Ok(ObjectEntry {
+        hash: hash_from_proto(&what, &o.hash)?,
+        key: o.key,
+        size: o.size,
+        etag: o.etag,
+        chunks,
+    })
+}
+
+pub fn dump_to_proto(d: &DumpEntry) -> proto::DumpEntry {
+    proto::DumpEntry {
+        file_name: d.file_name.clone(),
+        size: d.size,
+        hash: d.hash.0.to_vec(),
+        chunks: chunk_refs_to_proto(&d.chunks),
+        row_counts: d
+            .row_counts
+            .iter()
+            .map(|(table, rows)| proto::TableRowCount {
+                table: table.clone(),
+                rows: *rows,
+            })
+            .collect(),
+        database: d.database.clone(),
+    }
+}
+
+pub fn dump_from_proto(d: proto::DumpEntry) -> Result<DumpEntry, WireError> {
+    if d.file_name.is_empty()
+        || d.file_name.contains(['/', '\\', '\0'])
+        || d.file_name.starts_with('.')
+    {
+        return Err(WireError::DumpName(d.file_name));
+    }
+    let what = format!("dump {:?}", d.file_name);
+    let chunks = chunk_refs_from_proto(&what, d.chunks)?;
+    check_size(&what, d.size, &chunks)?;
+    Ok(DumpEntry {
+        hash: hash_from_proto(&what, &d.hash)?,
+        file_name: d.file_name,
+        database: d.database,
+        size: d.size,
+        chunks,
+        row_counts: d
+            .row_counts
+            .into_iter()
+            .map(|t| (t.table, t.rows))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, size: u64, lens: &[u32]) -> proto::ObjectEntry {
+        proto::ObjectEntry {
+            key: key.into(),
+            size,
+            etag: "\"e\"".into(),
+            hash: vec![1; 32],
+            chunks: lens
+                .iter()
+                .map(|&len| proto::ChunkRef {
+                    id: vec![2; 32],
+                    len,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn valid_entries_round_trip() {
+        let e = object_from_proto(entry("a/b", 30, &[10, 20])).unwrap();
+        assert_eq!(object_to_proto(&e), entry("a/b", 30, &[10, 20]));
+    }
+
+    #[test]
+    fn inconsistent_entries_are_refused() {
+        assert!(matches!(
+            object_from_proto(entry("a", 31, &[10, 20])),
+            Err(WireError::SizeMismatch {
+                declared: 31,
+                actual: 30,
+                ..
+            })
+        ));
+        assert!(matches!(
+            object_from_proto(entry("../x", 0, &[])),
+            Err(WireError::Key(_))
+        ));
+        assert!(matches!(
+            object_from_proto(entry("a", 0, &[0])),
+            Err(WireError::ChunkLen { .. })
+        ));
+        let mut short_hash = entry("a", 0, &[]);
+        short_hash.hash = vec![0; 5];
+        assert!(matches!(
+            object_from_proto(short_hash),
+            Err(WireError::Chunk { .. })
+        ));
+    }
+}

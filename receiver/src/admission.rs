@@ -1,0 +1,78 @@
+//! Who may talk to the receiver: a client certificate signed by the pinned CA (enforced by
+//! the TLS layer), whose identity is on the allow-list, connecting from an allowed network.
+//! Every refusal is logged and written to the audit log with the peer's address and identity.
+
+use std::net::{IpAddr, SocketAddr};
+
+use backup_common::config::Admission;
+use backup_common::tls::cert_identities;
+use tonic::{Request, Status};
+
+/// The admitted peer of one request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: Option<SocketAddr>,
+    pub identity: String,
+}
+
+/// Why a peer was refused, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Network(IpAddr),
+    NoAddress,
+    NoCertificate,
+    Identity(Vec<String>),
+}
+
+impl Refusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Network(_) | Refusal::NoAddress => "network",
+            Refusal::NoCertificate => "no-certificate",
+            Refusal::Identity(_) => "identity",
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        match self {
+            Refusal::Network(ip) => Status::permission_denied(format!(
+                "source address {ip} is not in admission.allowed_networks"
+            )),
+            Refusal::NoAddress => Status::permission_denied("peer address unknown"),
+            Refusal::NoCertificate => Status::unauthenticated("a client certificate is required"),
+            Refusal::Identity(ids) => Status::permission_denied(format!(
+                "client certificate identity {ids:?} is not in admission.allowed_identities"
+            )),
+        }
+    }
+}
+
+/// Checks a request against the admission rules.
+pub fn admit<T>(
+    rules: &Admission,
+    request: &Request<T>,
+) -> Result<Peer, (Refusal, Option<SocketAddr>)> {
+    let addr = request.remote_addr();
+    let ip = match addr {
+        Some(a) => a.ip(),
+        None => return Err((Refusal::NoAddress, None)),
+    };
+    // IPv4 peers reach a dual-stack listener as ::ffff:a.b.c.d.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    if !rules.allowed_networks.iter().any(|net| net.contains(&ip)) {
+        return Err((Refusal::Network(ip), addr));
+    }
+    let certs = request.peer_certs().ok_or((Refusal::NoCertificate, addr))?;
+    let leaf = certs.first().ok_or((Refusal::NoCertificate, addr))?;
+    let ids = cert_identities(leaf.as_ref()).map_err(|_| (Refusal::Identity(vec![]), addr))?;
+    match ids.iter().find(|id| rules.allowed_identities.contains(id)) {
+        Some(id) => Ok(Peer {
+            addr,
+            identity: id.clone(),
+        }),
+        None => Err((Refusal::Identity(ids), addr)),
+    }
+}

@@ -1,0 +1,247 @@
+//! The filesystem repository: write-once chunks named by blake3, one immutable manifest per
+//! snapshot. Every file goes through `durable::write_once`; nothing in this module replaces,
+//! truncates or deletes a published file (retention and garbage collection live elsewhere
+//! and run only on the NAS, never on a network request).
+//!
+//! ```text
+//! REPO/repository.json        marker + format version
+//! REPO/chunks/ab/abcdef…      one file per chunk (tag byte + raw or zstd payload), mode 0444
+//! REPO/snapshots/<id>.json    one manifest per snapshot, mode 0444
+//! REPO/tmp/                   staging for write-once publishes (same filesystem)
+//! REPO/audit.log              append-only log of sessions, commits and rejections
+//! ```
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use backup_common::chunk::{self, ChunkError, ChunkId};
+use backup_common::durable::{self, Published};
+use backup_common::manifest::{Manifest, FORMAT_VERSION};
+use serde::{Deserialize, Serialize};
+
+const MARKER: &str = "repository.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{path} is not a backup repository (no {MARKER}); run `backup-receiver serve` once to create it")]
+    NotARepository { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("chunk {id} is missing from the repository")]
+    MissingChunk { id: ChunkId },
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    #[error("manifest {path}: {message}")]
+    BadManifest { path: PathBuf, message: String },
+    #[error("no snapshot named {0:?}; `backup-receiver snapshots` lists them")]
+    NoSuchSnapshot(String),
+    #[error("the repository has no snapshots yet")]
+    Empty,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    format: u32,
+    kind: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    root: PathBuf,
+}
+
+impl Repository {
+    /// Opens an existing repository.
+    pub fn open(root: &Path) -> Result<Self, RepoError> {
+        let marker = root.join(MARKER);
+        if !marker.is_file() {
+            return Err(RepoError::NotARepository {
+                path: root.to_path_buf(),
+            });
+        }
+        let repo = Repository {
+            root: root.to_path_buf(),
+        };
+        for dir in [repo.chunks_dir(), repo.snapshots_dir(), repo.tmp_dir()] {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        Ok(repo)
+    }
+
+    /// Opens the repository at `root`, creating an empty one if there is none.
+    pub fn open_or_init(root: &Path) -> Result<Self, RepoError> {
+        if !root.join(MARKER).is_file() {
+            fs::create_dir_all(root).map_err(io_err(root))?;
+            let tmp = root.join("tmp");
+            fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+            let marker = serde_json::to_vec_pretty(&Marker {
+                format: FORMAT_VERSION,
+                kind: "familienarchiv-backup".into(),
+            })
+            .expect("marker serializes");
+            durable::write_once(&tmp, root, MARKER, &marker).map_err(io_err(root))?;
+        }
+        Self::open(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn chunks_dir(&self) -> PathBuf {
+        self.root.join("chunks")
+    }
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.chunks_dir().join(&hex[..2]).join(hex)
+    }
+
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.chunk_path(id).is_file()
+    }
+
+    /// Stores an already verified chunk payload write-once. An existing chunk is left as it is.
+    pub fn put_chunk(
+        &self,
+        id: &ChunkId,
+        zstd_framed: bool,
+        payload: &[u8],
+    ) -> Result<Published, RepoError> {
+        let path = self.chunk_path(id);
+        let dir = path.parent().expect("chunk path has a parent");
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            durable::sync_dir(&self.chunks_dir()).map_err(io_err(dir))?;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).expect("hex name");
+        durable::write_once_with(&self.tmp_dir(), dir, name, |f| {
+            use std::io::Write;
+            f.write_all(&[u8::from(zstd_framed)])?;
+            f.write_all(payload)
+        })
+        .map_err(io_err(&path))
+    }
+
+    /// Reads, decompresses and verifies a chunk.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+        let path = self.chunk_path(id);
+        let stored = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RepoError::MissingChunk { id: *id })
+            }
+            Err(source) => return Err(RepoError::Io { path, source }),
+        };
+        Ok(chunk::decode_stored(*id, &stored)?)
+    }
+
+    /// Size of the stored (possibly compressed) chunk file.
+    pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
+        fs::metadata(self.chunk_path(id)).ok().map(|m| m.len())
+    }
+
+    /// Publishes a manifest under `snapshots/<id>.json`. Returns false when that id is taken.
+    pub fn publish_manifest(&self, manifest: &Manifest) -> Result<bool, RepoError> {
+        let name = format!("{}.json", manifest.id);
+        let bytes = serde_json::to_vec(manifest).expect("manifest serializes");
+        let published = durable::write_once(&self.tmp_dir(), &self.snapshots_dir(), &name, &bytes)
+            .map_err(io_err(&self.snapshots_dir()))?;
+        Ok(published == Published::Created)
+    }
+
+    pub fn snapshot_exists(&self, id: &str) -> bool {
+        self.snapshots_dir().join(format!("{id}.json")).exists()
+    }
+
+    /// Snapshot ids, oldest first (ids sort by the receiver's commit time).
+    pub fn snapshot_ids(&self) -> Result<Vec<String>, RepoError> {
+        let dir = self.snapshots_dir();
+        let mut ids: Vec<String> = fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_string)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub fn load_manifest(&self, id: &str) -> Result<Manifest, RepoError> {
+        let path = self.snapshots_dir().join(format!("{id}.json"));
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RepoError::NoSuchSnapshot(id.to_string()))
+            }
+            Err(source) => return Err(RepoError::Io { path, source }),
+        };
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| RepoError::BadManifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if m.format != FORMAT_VERSION {
+            return Err(RepoError::BadManifest {
+                path,
+                message: format!(
+                    "format {} is not supported (expected {FORMAT_VERSION})",
+                    m.format
+                ),
+            });
+        }
+        Ok(m)
+    }
+
+    /// All manifests, oldest first.
+    pub fn manifests(&self) -> Result<Vec<Manifest>, RepoError> {
+        self.snapshot_ids()?
+            .iter()
+            .map(|id| self.load_manifest(id))
+            .collect()
+    }
+
+    /// Resolves a snapshot name: an id, or `latest` for the newest snapshot.
+    pub fn resolve(&self, name: &str) -> Result<Manifest, RepoError> {
+        if name == "latest" {
+            let ids = self.snapshot_ids()?;
+            let newest = ids.last().ok_or(RepoError::Empty)?;
+            return self.load_manifest(newest);
+        }
+        if name.contains(['/', '\\', '\0']) || name.starts_with('.') {
+            return Err(RepoError::NoSuchSnapshot(name.to_string()));
+        }
+        self.load_manifest(name)
+    }
+
+    /// The newest snapshot the anomaly guard has not flagged: the base for the next delta.
+    pub fn latest_good(&self) -> Result<Option<Manifest>, RepoError> {
+        for id in self.snapshot_ids()?.iter().rev() {
+            let m = self.load_manifest(id)?;
+            if m.suspect.is_none() {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,567 @@
+//! The gRPC service the sender talks to. It can add chunks and commit snapshots, and read
+//! the previous snapshot's object metadata; it has no call that deletes, overwrites or
+//! returns chunk data. Every handler first admits the peer, then checks its session.
+//! Blocking file and hashing work runs on tokio's blocking pool.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use backup_common::chunk::{self, ChunkId, MAX_CHUNK};
+use backup_common::config::ReceiverConfig;
+use backup_common::durable::Published;
+use backup_common::manifest::{Manifest, ObjectEntry, SnapshotStats, FORMAT_VERSION};
+use backup_common::proto::backup_server::Backup;
+use backup_common::proto::{self, commit_part};
+use backup_common::wire;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::admission::{admit, Peer};
+use crate::audit::AuditLog;
+use crate::clock::Clock;
+use crate::repository::{RepoError, Repository};
+
+/// Chunk ids per MissingChunks request, and object entries per batch.
+pub const MAX_IDS_PER_REQUEST: usize = 20_000;
+pub const OBJECTS_PER_BATCH: usize = 1_000;
+/// Objects one snapshot may hold.
+pub const MAX_OBJECTS: u64 = 5_000_000;
+
+struct Session {
+    peer_identity: String,
+    source_host: String,
+    sender_time: Option<DateTime<Utc>>,
+    last_seen: Instant,
+    new_chunks: u64,
+    new_bytes: u64,
+    committing: bool,
+}
+
+pub struct BackupService {
+    repo: Repository,
+    config: ReceiverConfig,
+    clock: Clock,
+    audit: Arc<AuditLog>,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// Serialises commits so snapshot ids and per-day counts cannot race.
+    commit_lock: tokio::sync::Mutex<()>,
+}
+
+fn repo_status(e: RepoError) -> Status {
+    match e {
+        RepoError::MissingChunk { .. } => Status::failed_precondition(e.to_string()),
+        RepoError::NoSuchSnapshot(_) | RepoError::Empty => Status::not_found(e.to_string()),
+        _ => {
+            tracing::error!(error = %e, "repository error");
+            Status::internal(format!("receiver storage error: {e}"))
+        }
+    }
+}
+
+fn join_status(e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("receiver task failed: {e}"))
+}
+
+impl BackupService {
+    pub fn new(repo: Repository, config: ReceiverConfig, clock: Clock) -> Self {
+        let audit = Arc::new(AuditLog::new(repo.root()));
+        BackupService {
+            repo,
+            config,
+            clock,
+            audit,
+            sessions: Mutex::new(HashMap::new()),
+            commit_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn admit<T>(&self, request: &Request<T>, call: &str) -> Result<Peer, Status> {
+        admit(&self.config.admission, request).map_err(|(refusal, addr)| {
+            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+            tracing::warn!(call, peer = %addr, reason = refusal.reason(), "refused peer");
+            self.audit.record(
+                (self.clock)(),
+                "refused",
+                json!({ "call": call, "peer": addr, "reason": refusal.reason(), "detail": format!("{refusal:?}") }),
+            );
+            refusal.status()
+        })
+    }
+
+    fn reject(&self, peer: &Peer, call: &str, status: Status) -> Status {
+        tracing::warn!(call, identity = %peer.identity, code = ?status.code(), message = status.message(), "rejected request");
+        self.audit.record(
+            (self.clock)(),
+            "rejected",
+            json!({
+                "call": call,
+                "identity": peer.identity,
+                "peer": peer.addr.map(|a| a.to_string()),
+                "code": format!("{:?}", status.code()),
+                "message": status.message(),
+            }),
+        );
+        status
+    }
+
+    /// Drops sessions idle longer than the configured timeout.
+    fn reap_idle(&self) {
+        let timeout = self.config.limits.idle_timeout.0;
+        let mut sessions = self.sessions.lock().unwrap();
+        sessions.retain(|id, s| {
+            let keep = s.committing || s.last_seen.elapsed() < timeout;
+            if !keep {
+                tracing::info!(session = %id, "dropping idle session");
+            }
+            keep
+        });
+    }
+
+    /// Looks up a live session owned by `peer` and marks it used.
+    fn touch(&self, peer: &Peer, session_id: &str) -> Result<(), Status> {
+        let mut sessions = self.sessions.lock().unwrap();
+        match sessions.get_mut(session_id) {
+            Some(s) if s.peer_identity == peer.identity => {
+                s.last_seen = Instant::now();
+                Ok(())
+            }
+            _ => Err(Status::failed_precondition(format!(
+                "unknown or expired session {session_id:?}; begin a new session"
+            ))),
+        }
+    }
+
+    fn new_session_id(&self, now: DateTime<Utc>) -> String {
+        format!(
+            "{}-{:08x}",
+            now.format("%Y%m%dT%H%M%SZ"),
+            rand::random::<u32>()
+        )
+    }
+
+    fn snapshot_id_base(now: DateTime<Utc>) -> String {
+        now.format("%Y%m%dT%H%M%SZ").to_string()
+    }
+
+    async fn commit_inner(
+        &self,
+        peer: &Peer,
+        mut parts: Streaming<proto::CommitPart>,
+    ) -> Result<proto::CommitResponse, Status> {
+        let header = match parts.next().await {
+            Some(Ok(proto::CommitPart {
+                part: Some(commit_part::Part::Header(h)),
+            })) => h,
+            Some(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "a commit must start with its header",
+                ))
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(Status::invalid_argument("empty commit")),
+        };
+        self.touch(peer, &header.session_id)?;
+        {
+            let mut sessions = self.sessions.lock().unwrap();
+            let s = sessions.get_mut(&header.session_id).expect("touched above");
+            if s.committing {
+                return Err(Status::already_exists("this session is already committing"));
+            }
+            s.committing = true;
+        }
+        let result = self.commit_session(peer, &header, &mut parts).await;
+        let mut sessions = self.sessions.lock().unwrap();
+        match &result {
+            // A session commits once: success ends it.
+            Ok(_) => {
+                sessions.remove(&header.session_id);
+            }
+            Err(_) => {
+                if let Some(s) = sessions.get_mut(&header.session_id) {
+                    s.committing = false;
+                    s.last_seen = Instant::now();
+                }
+            }
+        }
+        result
+    }
+
+    async fn commit_session(
+        &self,
+        peer: &Peer,
+        header: &proto::CommitHeader,
+        parts: &mut Streaming<proto::CommitPart>,
+    ) -> Result<proto::CommitResponse, Status> {
+        if header.object_count > MAX_OBJECTS {
+            return Err(Status::invalid_argument(format!(
+                "object_count {} exceeds the limit of {MAX_OBJECTS}",
+                header.object_count
+            )));
+        }
+        let dump = header
+            .dump
+            .clone()
+            .map(wire::dump_from_proto)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut objects: Vec<ObjectEntry> = Vec::new();
+        let mut keys = HashSet::new();
+        while let Some(part) = parts.next().await {
+            let batch = match part?.part {
+                Some(commit_part::Part::Objects(b)) => b,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "only object batches may follow the commit header",
+                    ))
+                }
+            };
+            for o in batch.objects {
+                let entry = wire::object_from_proto(o)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if objects.len() as u64 >= header.object_count {
+                    return Err(Status::invalid_argument(format!(
+                        "commit carries more objects than its header's object_count {}",
+                        header.object_count
+                    )));
+                }
+                if !keys.insert(entry.key.clone()) {
+                    return Err(Status::invalid_argument(format!(
+                        "duplicate object key {:?}",
+                        entry.key
+                    )));
+                }
+                objects.push(entry);
+            }
+        }
+        if objects.len() as u64 != header.object_count {
+            return Err(Status::invalid_argument(format!(
+                "commit header announced {} objects but {} arrived",
+                header.object_count,
+                objects.len()
+            )));
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+
+        let (source_host, sender_time, new_chunks, new_bytes) = {
+            let sessions = self.sessions.lock().unwrap();
+            let s = sessions
+                .get(&header.session_id)
+                .expect("session is committing");
+            (
+                s.source_host.clone(),
+                s.sender_time,
+                s.new_chunks,
+                s.new_bytes,
+            )
+        };
+        let mut manifest = Manifest {
+            format: FORMAT_VERSION,
+            id: String::new(),
+            time: (self.clock)(),
+            sender_time,
+            source_host,
+            peer_identity: peer.identity.clone(),
+            bucket: header.bucket.clone(),
+            stats: SnapshotStats {
+                object_count: objects.len() as u64,
+                object_bytes: objects.iter().map(|o| o.size).sum(),
+                dump_bytes: dump.as_ref().map_or(0, |d| d.size),
+                new_chunks,
+                new_bytes,
+            },
+            dump,
+            objects,
+            suspect: None,
+        };
+
+        // Every referenced chunk must be present; each was verified when it was stored.
+        let repo = self.repo.clone();
+        let check = manifest.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            let mut seen = HashSet::new();
+            check
+                .chunk_refs()
+                .filter(|r| seen.insert(r.id))
+                .filter(|r| !repo.has_chunk(&r.id))
+                .map(|r| r.id)
+                .take(5)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(join_status)?;
+        if !missing.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "commit references chunks the repository does not have: {}",
+                missing
+                    .iter()
+                    .map(|id| id.to_hex())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+
+        let _guard = self.commit_lock.lock().await;
+        let now = (self.clock)();
+        manifest.time = now;
+        let repo = self.repo.clone();
+        let cap = self.config.limits.max_snapshots_per_day;
+        let previous = {
+            let repo = repo.clone();
+            tokio::task::spawn_blocking(move || repo.manifests())
+                .await
+                .map_err(join_status)?
+                .map_err(repo_status)?
+        };
+        let today = previous
+            .iter()
+            .filter(|m| m.time.date_naive() == now.date_naive())
+            .count();
+        if today as u32 >= cap {
+            return Err(Status::resource_exhausted(format!(
+                "{today} snapshots were already committed today (receiver clock); limits.max_snapshots_per_day is {cap}"
+            )));
+        }
+        let base = Self::snapshot_id_base(now);
+        let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, RepoError> {
+            for n in 0..100 {
+                manifest.id = if n == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}-{n}")
+                };
+                if repo.publish_manifest(&manifest)? {
+                    return Ok(manifest);
+                }
+            }
+            Err(RepoError::Io {
+                path: repo.snapshots_dir(),
+                source: std::io::Error::other("no free snapshot id"),
+            })
+        })
+        .await
+        .map_err(join_status)?
+        .map_err(repo_status)?;
+        tracing::info!(
+            snapshot = %manifest.id,
+            identity = %peer.identity,
+            objects = manifest.stats.object_count,
+            dump_bytes = manifest.stats.dump_bytes,
+            new_bytes = manifest.stats.new_bytes,
+            "snapshot committed"
+        );
+        self.audit.record(
+            now,
+            "commit",
+            json!({
+                "session": header.session_id,
+                "snapshot": manifest.id,
+                "identity": peer.identity,
+                "peer": peer.addr.map(|a| a.to_string()),
+                "objects": manifest.stats.object_count,
+                "total_bytes": manifest.total_bytes(),
+                "new_bytes": manifest.stats.new_bytes,
+            }),
+        );
+        Ok(proto::CommitResponse {
+            snapshot_id: manifest.id.clone(),
+            time_unix: manifest.time.timestamp(),
+            object_count: manifest.stats.object_count,
+            total_bytes: manifest.total_bytes(),
+            suspect: manifest.suspect.is_some(),
+            suspect_reason: manifest.suspect.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Verifies one uploaded chunk and stores it write-once. Returns stored bytes when new.
+    fn store_chunk(repo: &Repository, up: &proto::ChunkUpload) -> Result<Option<u64>, Status> {
+        let id =
+            ChunkId::from_slice(&up.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if up.raw_len == 0 || up.raw_len > MAX_CHUNK {
+            return Err(Status::invalid_argument(format!(
+                "chunk {id}: raw_len {} is outside 1..={MAX_CHUNK}",
+                up.raw_len
+            )));
+        }
+        // Verified even when the chunk exists: a mismatching upload is an attack or a bug
+        // and must be reported, not silently dropped.
+        chunk::open_chunk(id, up.zstd, &up.data, up.raw_len as usize)
+            .map_err(|e| Status::invalid_argument(format!("chunk rejected: {e}")))?;
+        if repo.has_chunk(&id) {
+            return Ok(None);
+        }
+        match repo
+            .put_chunk(&id, up.zstd, &up.data)
+            .map_err(repo_status)?
+        {
+            Published::Created => Ok(Some(up.data.len() as u64 + 1)),
+            Published::AlreadyExisted => Ok(None),
+        }
+    }
+}
+
+type BatchStream = Pin<Box<dyn Stream<Item = Result<proto::ObjectBatch, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Backup for BackupService {
+    async fn begin_session(
+        &self,
+        request: Request<proto::BeginSessionRequest>,
+    ) -> Result<Response<proto::BeginSessionResponse>, Status> {
+        let peer = self.admit(&request, "BeginSession")?;
+        let req = request.into_inner();
+        self.reap_idle();
+        let now = (self.clock)();
+        let id = self.new_session_id(now);
+        {
+            let mut sessions = self.sessions.lock().unwrap();
+            if sessions.len() >= self.config.limits.max_sessions {
+                drop(sessions);
+                return Err(self.reject(
+                    &peer,
+                    "BeginSession",
+                    Status::resource_exhausted(format!(
+                        "{} upload sessions are open already (limits.max_sessions)",
+                        self.config.limits.max_sessions
+                    )),
+                ));
+            }
+            sessions.insert(
+                id.clone(),
+                Session {
+                    peer_identity: peer.identity.clone(),
+                    source_host: req.source_host.chars().take(255).collect(),
+                    sender_time: DateTime::from_timestamp(req.sender_time_unix, 0),
+                    last_seen: Instant::now(),
+                    new_chunks: 0,
+                    new_bytes: 0,
+                    committing: false,
+                },
+            );
+        }
+        tracing::info!(session = %id, identity = %peer.identity, "session opened");
+        self.audit.record(
+            now,
+            "session",
+            json!({ "session": id, "identity": peer.identity, "peer": peer.addr.map(|a| a.to_string()), "source_host": req.source_host }),
+        );
+        Ok(Response::new(proto::BeginSessionResponse {
+            session_id: id,
+            receiver_time_unix: now.timestamp(),
+            max_chunk_bytes: MAX_CHUNK,
+        }))
+    }
+
+    type PreviousObjectsStream = BatchStream;
+
+    async fn previous_objects(
+        &self,
+        request: Request<proto::PreviousObjectsRequest>,
+    ) -> Result<Response<Self::PreviousObjectsStream>, Status> {
+        let peer = self.admit(&request, "PreviousObjects")?;
+        self.touch(&peer, &request.get_ref().session_id)?;
+        let repo = self.repo.clone();
+        let latest = tokio::task::spawn_blocking(move || repo.latest_good())
+            .await
+            .map_err(join_status)?
+            .map_err(repo_status)?;
+        let batches: Vec<Result<proto::ObjectBatch, Status>> = match latest {
+            None => Vec::new(),
+            Some(m) => m
+                .objects
+                .chunks(OBJECTS_PER_BATCH)
+                .map(|batch| {
+                    Ok(proto::ObjectBatch {
+                        snapshot_id: m.id.clone(),
+                        objects: batch.iter().map(wire::object_to_proto).collect(),
+                    })
+                })
+                .collect(),
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
+    async fn missing_chunks(
+        &self,
+        request: Request<proto::MissingChunksRequest>,
+    ) -> Result<Response<proto::MissingChunksResponse>, Status> {
+        let peer = self.admit(&request, "MissingChunks")?;
+        let req = request.into_inner();
+        self.touch(&peer, &req.session_id)?;
+        if req.ids.len() > MAX_IDS_PER_REQUEST {
+            return Err(self.reject(
+                &peer,
+                "MissingChunks",
+                Status::invalid_argument(format!("at most {MAX_IDS_PER_REQUEST} ids per request")),
+            ));
+        }
+        let ids = req
+            .ids
+            .iter()
+            .map(|b| ChunkId::from_slice(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                self.reject(
+                    &peer,
+                    "MissingChunks",
+                    Status::invalid_argument(e.to_string()),
+                )
+            })?;
+        let repo = self.repo.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .filter(|id| !repo.has_chunk(id))
+                .map(|id| id.0.to_vec())
+                .collect()
+        })
+        .await
+        .map_err(join_status)?;
+        Ok(Response::new(proto::MissingChunksResponse { missing }))
+    }
+
+    async fn put_chunks(
+        &self,
+        request: Request<Streaming<proto::ChunkUpload>>,
+    ) -> Result<Response<proto::PutChunksResponse>, Status> {
+        let peer = self.admit(&request, "PutChunks")?;
+        let mut stream = request.into_inner();
+        let mut reply = proto::PutChunksResponse::default();
+        while let Some(up) = stream.next().await {
+            let up = up?;
+            self.touch(&peer, &up.session_id)?;
+            let repo = self.repo.clone();
+            let session_id = up.session_id.clone();
+            let stored = tokio::task::spawn_blocking(move || Self::store_chunk(&repo, &up))
+                .await
+                .map_err(join_status)?
+                .map_err(|s| self.reject(&peer, "PutChunks", s))?;
+            match stored {
+                Some(bytes) => {
+                    reply.stored += 1;
+                    reply.stored_bytes += bytes;
+                    if let Some(s) = self.sessions.lock().unwrap().get_mut(&session_id) {
+                        s.new_chunks += 1;
+                        s.new_bytes += bytes;
+                    }
+                }
+                None => reply.duplicates += 1,
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<Streaming<proto::CommitPart>>,
+    ) -> Result<Response<proto::CommitResponse>, Status> {
+        let peer = self.admit(&request, "Commit")?;
+        self.commit_inner(&peer, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|s| self.reject(&peer, "Commit", s))
+    }
+}

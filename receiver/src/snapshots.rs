@@ -1,0 +1,82 @@
+//! The snapshot list an operator reads: one row per snapshot, as a table or JSON.
+
+use serde::Serialize;
+
+use backup_common::manifest::Manifest;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub time: String,
+    pub dump_bytes: u64,
+    pub object_count: u64,
+    pub total_bytes: u64,
+    pub new_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
+}
+
+impl From<&Manifest> for SnapshotRow {
+    fn from(m: &Manifest) -> Self {
+        SnapshotRow {
+            id: m.id.clone(),
+            time: m.time.to_rfc3339(),
+            dump_bytes: m.stats.dump_bytes,
+            object_count: m.stats.object_count,
+            total_bytes: m.total_bytes(),
+            new_bytes: m.stats.new_bytes,
+            suspect: m.suspect.clone(),
+        }
+    }
+}
+
+/// Bytes as a short human figure (binary units).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn table(rows: &[SnapshotRow]) -> String {
+    let mut out = format!(
+        "{:<22} {:<25} {:>10} {:>8} {:>10} {:>10}  {}\n",
+        "ID", "TIME (receiver)", "DUMP", "OBJECTS", "TOTAL", "NEW", "FLAGS"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<22} {:<25} {:>10} {:>8} {:>10} {:>10}  {}\n",
+            r.id,
+            r.time,
+            human_bytes(r.dump_bytes),
+            r.object_count,
+            human_bytes(r.total_bytes),
+            human_bytes(r.new_bytes),
+            r.suspect
+                .as_deref()
+                .map(|s| format!("SUSPECT: {s}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(13 * 1024 * 1024 * 1024), "13.0 GiB");
+    }
+}

@@ -1,0 +1,10 @@
+//! The nightly sender on the production VPS: a consistent database dump and the new and
+//! changed objects of the bucket, chunked, deduplicated against the receiver and sent over
+//! gRPC with mutual TLS. It can add data to the receiver; it cannot remove any.
+
+pub mod client;
+pub mod database;
+pub mod local_dumps;
+pub mod objects;
+pub mod run;
+pub mod upload;

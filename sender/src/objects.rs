@@ -1,0 +1,228 @@
+//! The bucket side of a run: list every object, compare key/size/ETag with the previous
+//! snapshot, and stream only new or changed objects through the chunker. Unchanged
+//! objects are carried over without being read; deleted ones simply drop out of the new
+//! manifest (nothing is ever removed on the receiver).
+
+use std::collections::HashMap;
+
+use aws_sdk_s3::Client as S3;
+use backup_common::chunk::{chunk_stream, ChunkError};
+use backup_common::config::{read_secret, ObjectsConfig};
+use backup_common::keys;
+use backup_common::manifest::{ChunkRef, ObjectEntry};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::upload::{ChunkSink, UploadClosed};
+
+/// One object as the bucket listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("bucket {bucket:?}: {message}")]
+    Bucket { bucket: String, message: String },
+    #[error("object {key:?}: {message}")]
+    Object { key: String, message: String },
+    #[error(transparent)]
+    Upload(#[from] UploadClosed),
+    #[error(transparent)]
+    Config(#[from] backup_common::config::ConfigError),
+}
+
+impl From<ChunkError> for ObjectError {
+    fn from(e: ChunkError) -> Self {
+        ObjectError::Object {
+            key: String::new(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What changed since the previous snapshot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delta {
+    pub total: u64,
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub gone: u64,
+    pub bytes_read: u64,
+}
+
+pub fn client(cfg: &ObjectsConfig) -> Result<S3, ObjectError> {
+    let access = read_secret("objects.access_key_file", &cfg.access_key_file)?;
+    let secret = read_secret("objects.secret_key_file", &cfg.secret_key_file)?;
+    let creds = aws_credential_types::Credentials::new(access, secret, None, None, "backup-sender");
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(&cfg.endpoint)
+        .region(aws_sdk_s3::config::Region::new(cfg.region.clone()))
+        .credentials_provider(creds)
+        .force_path_style(true)
+        .build();
+    Ok(S3::from_conf(conf))
+}
+
+fn s3_message<E: std::error::Error>(e: E) -> String {
+    aws_sdk_s3::error::DisplayErrorContext(e).to_string()
+}
+
+/// Lists the whole bucket. Folder markers (`dir/`, empty) are skipped; any other key that
+/// cannot be restored safely fails the run, since a silently skipped object is data loss.
+pub async fn list(s3: &S3, bucket: &str) -> Result<Vec<Listed>, ObjectError> {
+    let mut out = Vec::new();
+    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| ObjectError::Bucket {
+            bucket: bucket.to_string(),
+            message: format!("listing failed: {}", s3_message(e)),
+        })?;
+        for o in page.contents() {
+            let key = o.key().unwrap_or_default().to_string();
+            let size = o.size().unwrap_or(0).max(0) as u64;
+            if key.ends_with('/') && size == 0 {
+                tracing::debug!(key, "skipping folder marker");
+                continue;
+            }
+            keys::validate(&key).map_err(|e| ObjectError::Object {
+                key: key.clone(),
+                message: format!("cannot be backed up safely: {e}"),
+            })?;
+            out.push(Listed {
+                key,
+                size,
+                etag: o.e_tag().unwrap_or_default().to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Downloads one object and streams it through the chunker.
+async fn read_object(
+    s3: &S3,
+    bucket: &str,
+    listed: &Listed,
+    sink: ChunkSink,
+) -> Result<ObjectEntry, ObjectError> {
+    let obj_err = |message: String| ObjectError::Object {
+        key: listed.key.clone(),
+        message,
+    };
+    let resp = s3
+        .get_object()
+        .bucket(bucket)
+        .key(&listed.key)
+        .send()
+        .await
+        .map_err(|e| obj_err(format!("download failed: {}", s3_message(e))))?;
+    // The object may have been replaced since the listing: record what was read.
+    let etag = resp
+        .e_tag()
+        .map(str::to_string)
+        .unwrap_or_else(|| listed.etag.clone());
+    let reader = resp.body.into_async_read();
+    let key = listed.key.clone();
+    let (summary, chunks) = tokio::task::spawn_blocking(move || {
+        let bridge = tokio_util::io::SyncIoBridge::new(reader);
+        let mut chunks = Vec::new();
+        let summary = chunk_stream::<_, ObjectError>(bridge, |c| {
+            chunks.push(ChunkRef {
+                id: c.id,
+                len: c.data.len() as u32,
+            });
+            sink.send_blocking(c)?;
+            Ok(())
+        })
+        .map_err(|e| match e {
+            ObjectError::Object { message, .. } => ObjectError::Object {
+                key: key.clone(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok::<_, ObjectError>((summary, chunks))
+    })
+    .await
+    .map_err(|e| obj_err(format!("chunker task: {e}")))??;
+    Ok(ObjectEntry {
+        key: listed.key.clone(),
+        size: summary.size,
+        etag,
+        hash: summary.hash,
+        chunks,
+    })
+}
+
+/// Builds tonight's object entries: unchanged ones carried over from `previous`, new and
+/// changed ones read and chunked, `concurrency` at a time. Entries come back sorted by key.
+pub async fn sync(
+    s3: &S3,
+    bucket: &str,
+    listed: Vec<Listed>,
+    previous: &HashMap<String, ObjectEntry>,
+    concurrency: usize,
+    sink: ChunkSink,
+) -> Result<(Vec<ObjectEntry>, Delta), ObjectError> {
+    let mut delta = Delta {
+        total: listed.len() as u64,
+        ..Delta::default()
+    };
+    let mut entries = Vec::with_capacity(listed.len());
+    let mut to_read = Vec::new();
+    for l in listed {
+        match previous.get(&l.key) {
+            Some(p) if p.size == l.size && p.etag == l.etag => {
+                delta.unchanged += 1;
+                entries.push(p.clone());
+            }
+            Some(_) => {
+                delta.changed += 1;
+                to_read.push(l);
+            }
+            None => {
+                delta.new += 1;
+                to_read.push(l);
+            }
+        }
+    }
+    let listed_keys: std::collections::HashSet<&str> = entries
+        .iter()
+        .map(|e| e.key.as_str())
+        .chain(to_read.iter().map(|l| l.key.as_str()))
+        .collect();
+    delta.gone = previous
+        .keys()
+        .filter(|k| !listed_keys.contains(k.as_str()))
+        .count() as u64;
+    drop(listed_keys);
+
+    let read: Vec<ObjectEntry> = futures::stream::iter(to_read.iter())
+        .map(|l| read_object(s3, bucket, l, sink.clone()))
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    delta.bytes_read = read.iter().map(|e| e.size).sum();
+    entries.extend(read);
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((entries, delta))
+}
+
+/// Checks the bucket can be listed (pre-flight).
+pub async fn check_bucket(s3: &S3, bucket: &str) -> Result<(), ObjectError> {
+    s3.list_objects_v2()
+        .bucket(bucket)
+        .max_keys(1)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| ObjectError::Bucket {
+            bucket: bucket.to_string(),
+            message: s3_message(e),
+        })
+}

@@ -1,0 +1,321 @@
+//! One nightly run: open a session, dump the database and sync the bucket concurrently
+//! through one upload pipeline, then commit. The snapshot exists only once the receiver
+//! has accepted the commit; a failed run leaves chunks (reused next night) but no snapshot.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use backup_common::config::SenderConfig;
+use backup_common::manifest::{DumpEntry, ObjectEntry};
+use backup_common::{proto, wire};
+use serde::Serialize;
+use tonic::Status;
+
+use crate::client::{self, retry, Client};
+use crate::database::{self, DumpError};
+use crate::local_dumps;
+use crate::objects::{self, Delta, ObjectError};
+use crate::upload::Uploader;
+
+/// Why a run failed; each kind has its own exit code (see `docs/DEPLOYMENT.md`).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("configuration: {0:#}")]
+    Config(anyhow::Error),
+    #[error("source: {0:#}")]
+    Source(anyhow::Error),
+    #[error("receiver: {0:#}")]
+    Receiver(anyhow::Error),
+    #[error("local backup directory: {0:#}")]
+    Local(anyhow::Error),
+    #[error("timeout: the run did not finish within run.deadline ({0:?})")]
+    Timeout(Duration),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) => 2,
+            RunError::Source(_) => 3,
+            RunError::Receiver(_) => 4,
+            RunError::Local(_) => 5,
+            RunError::Timeout(_) => 6,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::Config(_) => "config",
+            RunError::Source(_) => "source",
+            RunError::Receiver(_) => "receiver",
+            RunError::Local(_) => "local",
+            RunError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+fn receiver_err(what: &str, s: Status) -> RunError {
+    RunError::Receiver(anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code()))
+}
+
+impl From<DumpError> for RunError {
+    fn from(e: DumpError) -> Self {
+        match e {
+            DumpError::Local { .. } => RunError::Local(e.into()),
+            DumpError::Upload(_) => RunError::Receiver(e.into()),
+            _ => RunError::Source(e.into()),
+        }
+    }
+}
+
+impl From<ObjectError> for RunError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::Upload(_) => RunError::Receiver(e.into()),
+            ObjectError::Config(_) => RunError::Config(e.into()),
+            _ => RunError::Source(e.into()),
+        }
+    }
+}
+
+/// What a successful run did: printed at the end and sent with the success ping.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub snapshot_id: String,
+    pub dump_bytes: u64,
+    pub dump_file: String,
+    pub objects_total: u64,
+    pub objects_new: u64,
+    pub objects_changed: u64,
+    pub objects_unchanged: u64,
+    pub objects_gone: u64,
+    pub object_bytes_read: u64,
+    pub chunks_sent: u64,
+    pub bytes_sent: u64,
+    pub raw_bytes_sent: u64,
+    pub duration_secs: f64,
+    pub suspect: Option<String>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "snapshot {} committed: dump {} bytes; objects {} total, {} new, {} changed, {} gone; \
+             {} chunks / {} bytes sent; {:.1} s",
+            self.snapshot_id,
+            self.dump_bytes,
+            self.objects_total,
+            self.objects_new,
+            self.objects_changed,
+            self.objects_gone,
+            self.chunks_sent,
+            self.bytes_sent,
+            self.duration_secs
+        )?;
+        if let Some(reason) = &self.suspect {
+            write!(f, "; RECEIVER FLAGGED IT SUSPECT: {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+async fn previous_objects(
+    client: &Client,
+    session_id: &str,
+    attempts: u32,
+) -> Result<HashMap<String, ObjectEntry>, RunError> {
+    let batches = retry("PreviousObjects", attempts, || {
+        let mut c = client.clone();
+        let req = proto::PreviousObjectsRequest {
+            session_id: session_id.to_string(),
+        };
+        async move {
+            let mut stream = c.previous_objects(req).await?.into_inner();
+            let mut all = Vec::new();
+            while let Some(b) = stream.message().await? {
+                all.push(b);
+            }
+            Ok(all)
+        }
+    })
+    .await
+    .map_err(|s| receiver_err("reading the previous snapshot", s))?;
+    let mut map = HashMap::new();
+    for b in batches {
+        for o in b.objects {
+            let e = wire::object_from_proto(o)
+                .map_err(|e| RunError::Receiver(anyhow::anyhow!("previous snapshot entry: {e}")))?;
+            map.insert(e.key.clone(), e);
+        }
+    }
+    Ok(map)
+}
+
+async fn commit(
+    client: &Client,
+    session_id: &str,
+    attempts: u32,
+    dump: &DumpEntry,
+    bucket: &str,
+    objects: &[ObjectEntry],
+) -> Result<proto::CommitResponse, RunError> {
+    let header = proto::CommitPart {
+        part: Some(proto::commit_part::Part::Header(proto::CommitHeader {
+            session_id: session_id.to_string(),
+            dump: Some(wire::dump_to_proto(dump)),
+            object_count: objects.len() as u64,
+            bucket: bucket.to_string(),
+        })),
+    };
+    retry("Commit", attempts, || {
+        let mut c = client.clone();
+        let mut parts = vec![header.clone()];
+        parts.extend(objects.chunks(1000).map(|batch| proto::CommitPart {
+            part: Some(proto::commit_part::Part::Objects(proto::ObjectBatch {
+                snapshot_id: String::new(),
+                objects: batch.iter().map(wire::object_to_proto).collect(),
+            })),
+        }));
+        async move {
+            c.commit(tokio_stream::iter(parts))
+                .await
+                .map(|r| r.into_inner())
+        }
+    })
+    .await
+    .map_err(|s| receiver_err("commit refused", s))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Runs one nightly backup to completion (no deadline; see [`run_with_deadline`]).
+pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let attempts = cfg.run.retries;
+    let db = &cfg.database;
+    std::fs::create_dir_all(&db.local_dir)
+        .and_then(|_| local_dumps::remove_stale_partials(&db.local_dir))
+        .map_err(|e| RunError::Local(anyhow::anyhow!("{}: {e}", db.local_dir.display())))?;
+    let s3 = objects::client(&cfg.objects)?;
+    let client = client::connect(&cfg.receiver).map_err(RunError::Config)?;
+
+    let begin = retry("BeginSession", attempts, || {
+        let mut c = client.clone();
+        let req = proto::BeginSessionRequest {
+            source_host: cfg.source_host.clone().unwrap_or_else(hostname),
+            sender_time_unix: chrono::Utc::now().timestamp(),
+        };
+        async move { c.begin_session(req).await.map(|r| r.into_inner()) }
+    })
+    .await
+    .map_err(|s| receiver_err("opening a session", s))?;
+    let session_id = begin.session_id;
+    tracing::info!(session = %session_id, "session opened");
+
+    let previous = previous_objects(&client, &session_id, attempts).await?;
+    let listed = objects::list(&s3, &cfg.objects.bucket).await?;
+    tracing::info!(
+        listed = listed.len(),
+        previous = previous.len(),
+        "bucket listed"
+    );
+
+    let uploader = Uploader::start(client.clone(), session_id.clone(), attempts);
+    let today = chrono::Local::now().date_naive();
+    let dump_name = local_dumps::file_name(&db.dump_name, today);
+    let partial = local_dumps::partial_path(&db.local_dir, &dump_name);
+
+    let dump_fut = database::dump(db, &partial, uploader.sink());
+    let objects_fut = objects::sync(
+        &s3,
+        &cfg.objects.bucket,
+        listed,
+        &previous,
+        cfg.objects.concurrency,
+        uploader.sink(),
+    );
+    let (dumped, synced) = tokio::join!(dump_fut, objects_fut);
+    let upload_result = uploader.finish().await;
+    // A source error explains an upload that stopped because its producer vanished, and
+    // an upload error explains a producer that stopped because the pipeline closed.
+    let upload_stats = match (dumped.as_ref().err(), synced.as_ref().err(), upload_result) {
+        (Some(DumpError::Upload(_)), _, Err(s)) | (_, Some(ObjectError::Upload(_)), Err(s)) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(receiver_err("uploading chunks", s));
+        }
+        (_, _, r) => r,
+    };
+    let dumped = match dumped {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
+    // The local copy is worth keeping even if the receiver fails below.
+    let final_path = db.local_dir.join(&dump_name);
+    std::fs::rename(&dumped.local_path, &final_path)
+        .and_then(|_| backup_common::durable::sync_dir(&db.local_dir))
+        .map_err(|e| {
+            RunError::Local(anyhow::anyhow!("publishing {}: {e}", final_path.display()))
+        })?;
+    let removed = local_dumps::rotate(
+        &db.local_dir,
+        &db.dump_name,
+        db.keep_daily,
+        db.keep_weekly,
+        &dump_name,
+    )
+    .map_err(|e| RunError::Local(anyhow::anyhow!("rotating {}: {e}", db.local_dir.display())))?;
+    if !removed.is_empty() {
+        tracing::info!(removed = ?removed, "rotated local dumps");
+    }
+    let (entries, delta): (Vec<ObjectEntry>, Delta) = synced?;
+    let upload_stats = upload_stats.map_err(|s| receiver_err("uploading chunks", s))?;
+
+    let dump_entry = DumpEntry {
+        file_name: dump_name.clone(),
+        database: dumped.database.clone(),
+        size: dumped.summary.size,
+        hash: dumped.summary.hash,
+        chunks: dumped.chunks.clone(),
+        row_counts: dumped.row_counts.clone(),
+    };
+    let committed = commit(
+        &client,
+        &session_id,
+        attempts,
+        &dump_entry,
+        &cfg.objects.bucket,
+        &entries,
+    )
+    .await?;
+    if committed.object_count != entries.len() as u64 {
+        return Err(RunError::Receiver(anyhow::anyhow!(
+            "receiver recorded {} objects but {} were listed at the source",
+            committed.object_count,
+            entries.len()
+        )));
+    }
+    Ok(Summary {
+        snapshot_id: committed.snapshot_id,
+        dump_bytes: dump_entry.size,
+        dump_file: final_path.display().to_string(),
+        objects_total: delta.total,
+        objects_new: delta.new,
+        objects_changed: delta.changed,
+        objects_unchanged: delta.unchanged,
+        objects_gone: delta.gone,
+        object_bytes_read: delta.bytes_read,
+        chunks_sent: upload_stats.chunks_sent,
+        bytes_sent: upload_stats.wire_bytes_sent,
+        raw_bytes_sent: upload_stats.raw_bytes_sent,
+        duration_secs: started.elapsed().as_secs_f64(),
+        suspect: committed.suspect.then_some(committed.suspect_reason),
+    })
+}
