@@ -20,3 +20,19 @@ pub mod proto {
 
 /// Largest gRPC message either side accepts: a batch of chunks or manifest entries.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// One line naming an error and its causes, leaving out a cause whose text the line
+/// already holds (typed errors here print their source inline).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}

@@ -29,6 +29,12 @@ pub enum TlsError {
     Parse(String),
 }
 
+/// Selects ring as the process's TLS crypto provider. Both ring (tonic) and aws-lc-rs
+/// (the S3 SDK) are linked, so rustls cannot choose by itself; call this first in `main`.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// What `certs init` writes.
 pub struct CertSpec<'a> {
     pub server_name: &'a str,

@@ -64,7 +64,7 @@ struct RestoreArgs {
     #[arg(long, default_value = "pg_restore")]
     pg_restore_bin: String,
     /// Extra pg_restore arguments, e.g. "--clean --if-exists --no-owner" (space separated).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
     pg_restore_args: String,
     /// Upload every object to an S3 bucket (needs the --s3-* options).
     #[arg(long)]
@@ -252,12 +252,13 @@ fn backup_common_s3_client(
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    backup_common::tls::install_crypto_provider();
     init_logging();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", backup_common::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -146,6 +146,9 @@ pub fn dump_to_file(
             path: path.to_path_buf(),
         });
     }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+    }
     write_file(
         repo,
         &dump.file_name,

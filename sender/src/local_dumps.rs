@@ -106,8 +106,12 @@ mod tests {
             v.sort();
             v
         };
-        // 14 daily + weekly Sundays outside them (6 of the 8) + the current file.
-        assert_eq!(left.len(), 14 + 6 + 1, "{left:?}");
+        // The last day is Friday 2026-04-10: 14 daily (03-28..04-10) cover three of the 8
+        // weekly picks (04-10, 04-05, 03-29); five Sundays remain, plus the current file.
+        assert_eq!(left.len(), 14 + 5 + 1, "{left:?}");
+        for sunday in ["archiv-20260322.dump", "archiv-20260222.dump"] {
+            assert!(left.contains(&sunday.to_string()), "{sunday}");
+        }
         assert!(left.contains(&current));
         assert!(left.contains(names.last().unwrap()));
         assert_eq!(removed.len(), 100 - left.len());

@@ -20,13 +20,13 @@ use crate::upload::Uploader;
 /// Why a run failed; each kind has its own exit code (see `docs/DEPLOYMENT.md`).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("configuration: {0:#}")]
+    #[error("configuration: {}", chain(.0))]
     Config(anyhow::Error),
-    #[error("source: {0:#}")]
+    #[error("source: {}", chain(.0))]
     Source(anyhow::Error),
-    #[error("receiver: {0:#}")]
+    #[error("receiver: {}", chain(.0))]
     Receiver(anyhow::Error),
-    #[error("local backup directory: {0:#}")]
+    #[error("local backup directory: {}", chain(.0))]
     Local(anyhow::Error),
     #[error("timeout: the run did not finish within run.deadline ({0:?})")]
     Timeout(Duration),
@@ -52,6 +52,10 @@ impl RunError {
             RunError::Timeout(_) => "timeout",
         }
     }
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    backup_common::error_chain(e.as_ref())
 }
 
 fn receiver_err(what: &str, s: Status) -> RunError {

@@ -1,0 +1,71 @@
+//! The sender's command line: configuration errors get exit code 2 and name the key.
+
+use std::process::Command;
+
+fn run_with_config(text: &str) -> (Option<i32>, String) {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("sender.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_backup-sender"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .expect("run backup-sender");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = r#"
+[receiver]
+url = "https://heim-nas:7443"
+ca_cert = "/nonexistent/ca.pem"
+client_cert = "/nonexistent/sender.pem"
+client_key = "/nonexistent/sender.key"
+
+[database]
+url = "postgres://archiv@127.0.0.1:1/archiv"
+local_dir = "/nonexistent/dumps"
+
+[objects]
+endpoint = "http://127.0.0.1:1"
+bucket = "familienarchiv"
+access_key_file = "/nonexistent/ak"
+secret_key_file = "/nonexistent/sk"
+"#;
+
+#[test]
+fn unknown_key_is_a_config_error() {
+    let (code, err) = run_with_config(&GOOD.replace("bucket =", "buckett ="));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("buckett"), "{err}");
+}
+
+#[test]
+fn plain_http_receiver_url_is_refused() {
+    let (code, err) = run_with_config(&GOOD.replace("https://heim-nas", "http://heim-nas"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("receiver.url"), "{err}");
+}
+
+#[test]
+fn missing_secret_file_names_its_key() {
+    let d = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        "/nonexistent/dumps",
+        d.path().join("dumps").to_str().unwrap(),
+    );
+    let (code, err) = run_with_config(&text);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("objects.access_key_file"), "{err}");
+}
+
+#[test]
+fn missing_config_file_is_a_config_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_backup-sender"))
+        .args(["run", "--config", "/nonexistent/sender.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sender.toml"));
+}
