@@ -20,7 +20,7 @@ impl From<&Manifest> for SnapshotRow {
     fn from(m: &Manifest) -> Self {
         SnapshotRow {
             id: m.id.clone(),
-            time: m.time.to_rfc3339(),
+            time: m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             dump_bytes: m.stats.dump_bytes,
             object_count: m.stats.object_count,
             total_bytes: m.total_bytes(),
@@ -48,12 +48,12 @@ pub fn human_bytes(n: u64) -> String {
 
 pub fn table(rows: &[SnapshotRow]) -> String {
     let mut out = format!(
-        "{:<22} {:<25} {:>10} {:>8} {:>10} {:>10}  {}\n",
+        "{:<22} {:<21} {:>10} {:>8} {:>10} {:>10}  {}\n",
         "ID", "TIME (receiver)", "DUMP", "OBJECTS", "TOTAL", "NEW", "FLAGS"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<22} {:<25} {:>10} {:>8} {:>10} {:>10}  {}\n",
+            "{:<22} {:<21} {:>10} {:>8} {:>10} {:>10}  {}\n",
             r.id,
             r.time,
             human_bytes(r.dump_bytes),
