@@ -6,5 +6,6 @@ pub mod client;
 pub mod database;
 pub mod local_dumps;
 pub mod objects;
+pub mod progress;
 pub mod run;
 pub mod upload;

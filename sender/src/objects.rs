@@ -12,6 +12,7 @@ use backup_common::keys;
 use backup_common::manifest::{ChunkRef, ObjectEntry};
 use futures::{StreamExt, TryStreamExt};
 
+use crate::progress::Progress;
 use crate::upload::{ChunkSink, UploadClosed};
 
 /// One object as the bucket listing shows it.
@@ -168,6 +169,7 @@ pub async fn sync(
     previous: &HashMap<String, ObjectEntry>,
     concurrency: usize,
     sink: ChunkSink,
+    progress: &Progress,
 ) -> Result<(Vec<ObjectEntry>, Delta), ObjectError> {
     let mut delta = Delta {
         total: listed.len() as u64,
@@ -202,8 +204,13 @@ pub async fn sync(
         .count() as u64;
     drop(listed_keys);
 
+    progress.objects_total(to_read.len() as u64);
     let read: Vec<ObjectEntry> = futures::stream::iter(to_read.iter())
-        .map(|l| read_object(s3, bucket, l, sink.clone()))
+        .map(|l| async {
+            let entry = read_object(s3, bucket, l, sink.clone()).await;
+            progress.object_done();
+            entry
+        })
         .buffer_unordered(concurrency)
         .try_collect()
         .await?;

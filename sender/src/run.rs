@@ -15,6 +15,7 @@ use crate::client::{self, retry, Client};
 use crate::database::{self, DumpError};
 use crate::local_dumps;
 use crate::objects::{self, Delta, ObjectError};
+use crate::progress::Progress;
 use crate::upload::Uploader;
 
 /// Why a run failed; each kind has its own exit code (see `docs/DEPLOYMENT.md`).
@@ -229,7 +230,13 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
         "bucket listed"
     );
 
-    let uploader = Uploader::start(client.clone(), session_id.clone(), attempts);
+    let progress = Progress::for_stderr();
+    let uploader = Uploader::start(
+        client.clone(),
+        session_id.clone(),
+        attempts,
+        progress.clone(),
+    );
     let today = chrono::Local::now().date_naive();
     let dump_name = local_dumps::file_name(&db.dump_name, today);
     let partial = local_dumps::partial_path(&db.local_dir, &dump_name);
@@ -242,9 +249,11 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
         &previous,
         cfg.objects.concurrency,
         uploader.sink(),
+        &progress,
     );
     let (dumped, synced) = tokio::join!(dump_fut, objects_fut);
     let upload_result = uploader.finish().await;
+    progress.finish();
     // A source error explains an upload that stopped because its producer vanished, and
     // an upload error explains a producer that stopped because the pipeline closed.
     let upload_stats = match (dumped.as_ref().err(), synced.as_ref().err(), upload_result) {

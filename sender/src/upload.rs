@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tonic::Status;
 
 use crate::client::{retry, Client};
+use crate::progress::Progress;
 
 /// A batch is sent when it holds this many bytes or chunks.
 const BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -38,11 +39,13 @@ pub struct UploadStats {
 #[derive(Clone)]
 pub struct ChunkSink {
     tx: mpsc::Sender<Chunk>,
+    progress: Progress,
 }
 
 impl ChunkSink {
     /// Blocks the calling (blocking-pool) thread until the chunk is queued.
     pub fn send_blocking(&self, chunk: Chunk) -> Result<(), UploadClosed> {
+        self.progress.read(chunk.data.len() as u64);
         self.tx.blocking_send(chunk).map_err(|_| UploadClosed)
     }
 }
@@ -60,19 +63,21 @@ struct Ctx {
     client: Client,
     session_id: String,
     attempts: u32,
+    progress: Progress,
 }
 
 impl Uploader {
-    pub fn start(client: Client, session_id: String, attempts: u32) -> Self {
+    pub fn start(client: Client, session_id: String, attempts: u32, progress: Progress) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let ctx = Arc::new(Ctx {
             client,
             session_id,
             attempts,
+            progress: progress.clone(),
         });
         let task = tokio::spawn(run(ctx, rx));
         Uploader {
-            sink: Some(ChunkSink { tx }),
+            sink: Some(ChunkSink { tx, progress }),
             task,
         }
     }
@@ -194,6 +199,8 @@ async fn send_batch(ctx: Arc<Ctx>, batch: Vec<Chunk>) -> Result<UploadStats, Sta
         }
     })
     .await?;
+    ctx.progress
+        .sent(uploads.iter().map(|u| u.data.len() as u64).sum());
     Ok(UploadStats {
         chunks_seen: 0,
         chunks_sent: uploads.len() as u64,
