@@ -225,6 +225,8 @@ pub struct ReceiverConfig {
     pub limits: Limits,
     #[serde(default)]
     pub retention: Policy,
+    #[serde(default)]
+    pub drill: DrillConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -278,6 +280,75 @@ impl Default for Limits {
     }
 }
 
+/// `[drill]`: how `backup-receiver drill` proves a snapshot restores. Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// A database URL on an existing PostgreSQL server to restore into instead of a
+    /// throwaway cluster. Its role needs CREATEDB: the drill creates a fresh database on
+    /// that server for each run and drops it afterwards.
+    #[serde(default)]
+    pub sandbox_database_url: Option<String>,
+    /// Directory of `initdb`, `postgres` and `pg_restore`; default `pg_config --bindir`,
+    /// else /usr/lib/postgresql/15/bin.
+    #[serde(default)]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Queries run on the restored database; each must return exactly one boolean `true`.
+    #[serde(default)]
+    pub sanity_queries: Vec<SanityQuery>,
+    /// healthchecks.io-style URL: `<url>/start` when a drill begins, `<url>` on success,
+    /// `<url>/fail` on failure (with the report as the request body).
+    #[serde(default)]
+    pub healthcheck_url: Option<String>,
+    /// Where the throwaway cluster and the restored objects go; default `$TMPDIR`.
+    #[serde(default)]
+    pub scratch_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SanityQuery {
+    pub name: String,
+    pub sql: String,
+}
+
+impl DrillConfig {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(url) = &self.sandbox_database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err((
+                    "drill.sandbox_database_url",
+                    "must be a postgres:// URL".into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.healthcheck_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err((
+                    "drill.healthcheck_url",
+                    "must be an http:// or https:// URL".into(),
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for q in &self.sanity_queries {
+            if q.name.trim().is_empty() || q.sql.trim().is_empty() {
+                return Err((
+                    "drill.sanity_queries",
+                    "every query needs a non-empty `name` and `sql`".into(),
+                ));
+            }
+            if !seen.insert(q.name.as_str()) {
+                return Err((
+                    "drill.sanity_queries",
+                    format!("the name {:?} is used twice", q.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ReceiverConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let cfg: ReceiverConfig = parse(path)?;
@@ -317,6 +388,9 @@ impl ReceiverConfig {
                 "retention",
                 "keeps nothing; set keep_daily or another keep_ rule",
             ));
+        }
+        if let Err((key, message)) = cfg.drill.validate() {
+            return Err(invalid(key, &message));
         }
         Ok(cfg)
     }
@@ -396,6 +470,23 @@ allowed_networks = ["100.64.0.0/10"]
         let f = write(&RECEIVER.replace("100.64.0.0/10", "100.64.0.0/99"));
         let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
         assert!(e.contains("allowed_networks"), "{e}");
+    }
+
+    #[test]
+    fn drill_section_is_optional_and_checked() {
+        let f = write(RECEIVER);
+        let c = ReceiverConfig::load(f.path()).unwrap();
+        assert!(c.drill.sanity_queries.is_empty() && c.drill.healthcheck_url.is_none());
+        let f = write(&format!(
+            "{RECEIVER}[drill]\nsanity_queries = [{{ name = \"docs\", sql = \"SELECT true\" }}]\n"
+        ));
+        let c = ReceiverConfig::load(f.path()).unwrap();
+        assert_eq!(c.drill.sanity_queries[0].name, "docs");
+        let f = write(&format!(
+            "{RECEIVER}[drill]\nhealthcheck_url = \"ftp://example\"\n"
+        ));
+        let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("drill.healthcheck_url"), "{e}");
     }
 
     #[test]

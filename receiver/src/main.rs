@@ -9,7 +9,7 @@ use backup_common::config::{read_secret, ReceiverConfig};
 use backup_common::tls::{init_certs, CertSpec};
 use backup_receiver::repository::Repository;
 use backup_receiver::snapshots::{self, SnapshotRow};
-use backup_receiver::{clock, restore, server};
+use backup_receiver::{clock, drill, restore, server};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -40,6 +40,9 @@ enum Command {
     },
     /// Restore a snapshot (an id, or `latest`). Every byte is checked against the manifest.
     Restore(RestoreArgs),
+    /// Restore drill: restore a snapshot into a sandbox and check it (row counts, sanity
+    /// queries, every object's hash). Exit 0 only when everything matched.
+    Drill(DrillArgs),
     /// Certificate set-up.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -79,6 +82,25 @@ struct RestoreArgs {
     s3_access_key_file: Option<PathBuf>,
     #[arg(long, requires = "objects_to_s3")]
     s3_secret_key_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DrillArgs {
+    /// Snapshot id, or `latest` (the default).
+    #[arg(conflicts_with = "older_than")]
+    snapshot: Option<String>,
+    /// The repository; default: `repo` from --config.
+    #[arg(long, required_unless_present = "config")]
+    repo: Option<PathBuf>,
+    /// receiver.toml, for its [drill] section (and `repo`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Drill the newest snapshot at least this old (receiver's clock), e.g. `30d`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Option<std::time::Duration>,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Restore(args) => restore_cmd(args).await,
+        Command::Drill(args) => drill_cmd(args).await,
         Command::Certs(CertsCommand::Init {
             out,
             server_name,
@@ -227,6 +250,46 @@ async fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
         eprintln!(
             "objects to S3: {} objects, {} bytes verified and uploaded",
             t.objects, t.bytes
+        );
+    }
+    Ok(())
+}
+
+async fn drill_cmd(args: DrillArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Some(ReceiverConfig::load(path)?),
+        None => None,
+    };
+    let repo = match (args.repo, &config) {
+        (Some(repo), _) => repo,
+        (None, Some(c)) => c.repo.clone(),
+        (None, None) => anyhow::bail!("give --repo or --config"),
+    };
+    let selector = match (args.snapshot, args.older_than) {
+        (_, Some(age)) => drill::Selector::OlderThan(age),
+        (name, None) => drill::Selector::Named(name.unwrap_or_else(|| "latest".into())),
+    };
+    let opts = drill::DrillOptions {
+        repo,
+        selector,
+        config: config.map(|c| c.drill).unwrap_or_default(),
+        now: clock::from_env()(),
+    };
+    let report = drill::run_and_ping(&opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    if !report.passed {
+        anyhow::bail!(
+            "restore drill of snapshot {} FAILED: {}",
+            report.snapshot,
+            report
+                .failures
+                .first()
+                .map(String::as_str)
+                .unwrap_or("see the report")
         );
     }
     Ok(())
