@@ -4,7 +4,10 @@
 
 pub mod client;
 pub mod database;
+pub mod healthcheck;
 pub mod local_dumps;
+pub mod log_tail;
 pub mod objects;
+pub mod preflight;
 pub mod run;
 pub mod upload;
