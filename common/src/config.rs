@@ -68,6 +68,22 @@ pub struct SenderConfig {
     pub objects: ObjectsConfig,
     #[serde(default)]
     pub run: RunConfig,
+    /// Dead-man's-switch pings (healthchecks.io protocol); none when absent.
+    #[serde(default)]
+    pub healthcheck: Option<HealthcheckConfig>,
+}
+
+/// A healthchecks.io-style check: `<url>/start`, `<url>` (success), `<url>/fail`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthcheckConfig {
+    pub url: String,
+    /// Per-attempt timeout of one ping.
+    #[serde(default = "default_ping_timeout")]
+    pub timeout: HumanDuration,
+    /// Attempts per ping; a ping that still fails is logged, never fatal.
+    #[serde(default = "default_ping_retries")]
+    pub retries: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,14 +140,39 @@ pub struct RunConfig {
     /// Attempts per network step before the run fails (with exponential backoff).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Past this the run is abandoned (pg_dump killed, nothing committed), exit code 6.
+    #[serde(default = "default_deadline")]
+    pub deadline: HumanDuration,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
             retries: default_retries(),
+            deadline: default_deadline(),
         }
     }
+}
+
+fn default_deadline() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 60))
+}
+fn default_ping_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_ping_retries() -> u32 {
+    3
+}
+
+/// Checks a ping URL: http(s), no query string or fragment (paths are appended to it).
+fn check_ping_url(url: &str) -> Result<(), &'static str> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err("must be an http:// or https:// URL");
+    }
+    if url.contains(['?', '#']) {
+        return Err("must not contain a query or fragment (/start and /fail are appended)");
+    }
+    Ok(())
 }
 
 fn default_pg_dump() -> Vec<String> {
@@ -208,6 +249,18 @@ impl SenderConfig {
         if cfg.run.retries == 0 {
             return Err(invalid("run.retries", "must be at least 1"));
         }
+        if cfg.run.deadline.0.is_zero() {
+            return Err(invalid("run.deadline", "must be longer than zero"));
+        }
+        if let Some(hc) = &cfg.healthcheck {
+            check_ping_url(&hc.url).map_err(|m| invalid("healthcheck.url", m))?;
+            if hc.retries == 0 {
+                return Err(invalid("healthcheck.retries", "must be at least 1"));
+            }
+            if hc.timeout.0.is_zero() {
+                return Err(invalid("healthcheck.timeout", "must be longer than zero"));
+            }
+        }
         Ok(cfg)
     }
 }
@@ -227,6 +280,58 @@ pub struct ReceiverConfig {
     pub retention: Policy,
     #[serde(default)]
     pub drill: DrillConfig,
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
+}
+
+/// The receiver's own monitoring, independent of the sender's check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// healthchecks.io-style check URL; success after each commit, `/fail` on alerts.
+    #[serde(default)]
+    pub healthcheck_url: Option<String>,
+    /// Alert when no snapshot was committed for this long (receiver clock).
+    #[serde(default = "default_missed_window")]
+    pub missed_window: HumanDuration,
+    /// Alert when the repository's file system has fewer free bytes than this.
+    #[serde(default = "default_min_free_alert")]
+    pub min_free_bytes_alert: u64,
+    /// How often the background checks run.
+    #[serde(default = "default_check_interval")]
+    pub check_interval: HumanDuration,
+    /// Per-attempt timeout and attempts of one ping.
+    #[serde(default = "default_ping_timeout")]
+    pub ping_timeout: HumanDuration,
+    #[serde(default = "default_ping_retries")]
+    pub ping_retries: u32,
+    /// Local address of the Prometheus text-format endpoint (`/metrics`); off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+fn default_missed_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(26 * 3600))
+}
+fn default_min_free_alert() -> u64 {
+    5 * 1024 * 1024 * 1024
+}
+fn default_check_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            healthcheck_url: None,
+            missed_window: default_missed_window(),
+            min_free_bytes_alert: default_min_free_alert(),
+            check_interval: default_check_interval(),
+            ping_timeout: default_ping_timeout(),
+            ping_retries: default_ping_retries(),
+            metrics_listen: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -391,6 +496,19 @@ impl ReceiverConfig {
         }
         if let Err((key, message)) = cfg.drill.validate() {
             return Err(invalid(key, &message));
+        }
+        let m = &cfg.monitoring;
+        if let Some(url) = &m.healthcheck_url {
+            check_ping_url(url).map_err(|msg| invalid("monitoring.healthcheck_url", msg))?;
+        }
+        if m.check_interval.0.is_zero() {
+            return Err(invalid(
+                "monitoring.check_interval",
+                "must be longer than zero",
+            ));
+        }
+        if m.ping_retries == 0 {
+            return Err(invalid("monitoring.ping_retries", "must be at least 1"));
         }
         Ok(cfg)
     }

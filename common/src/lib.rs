@@ -2,13 +2,17 @@
 //! and hashing, the snapshot manifest, configuration, object-key rules, retention
 //! calendars, crash-safe file publishing and TLS helpers.
 //!
-//! Nothing here talks to the network or spawns tasks; the sender and receiver crates do.
+//! Nothing here spawns tasks or holds connections; the sender and receiver crates do. The
+//! one network call is [`ping`]: a single bounded HTTP request to a dead-man's switch,
+//! shared so both programs speak the healthchecks.io protocol the same way.
 
 pub mod chunk;
 pub mod config;
+pub mod disk;
 pub mod durable;
 pub mod keys;
 pub mod manifest;
+pub mod ping;
 pub mod retention;
 pub mod tls;
 pub mod wire;

@@ -4,8 +4,11 @@
 
 pub mod client;
 pub mod database;
+pub mod healthcheck;
 pub mod local_dumps;
+pub mod log_tail;
 pub mod objects;
+pub mod preflight;
 pub mod progress;
 pub mod run;
 pub mod upload;

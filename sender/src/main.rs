@@ -1,13 +1,18 @@
 //! `backup-sender`: argument parsing and exit codes only; the work is in the library.
 //!
-//! Exit codes: 0 success, 2 configuration, 3 source (database or bucket), 4 receiver,
-//! 5 local backup directory, 6 timeout.
+//! Exit codes (documented in `docs/MONITORING.md`; one place maps them, [`RunError`]):
+//! 0 success (the receiver confirmed the commit), 2 configuration, 3 source (database or
+//! bucket), 4 receiver, 5 local backup directory, 6 timeout (`run.deadline`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use backup_common::config::SenderConfig;
-use backup_sender::run::{self, RunError};
+use backup_sender::healthcheck;
+use backup_sender::log_tail::{self, LogTail};
+use backup_sender::preflight;
+use backup_sender::run::RunError;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -23,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one nightly backup.
+    /// Run one nightly backup: pre-flight checks, then dump, sync and commit, pinging the
+    /// configured healthcheck at start and on success or failure.
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -31,49 +37,96 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Only run the pre-flight checks (database, bucket, receiver, local dump directory)
+    /// and print each with ok or FAIL. Sends no healthcheck ping and changes nothing.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
-fn init_logging() {
+fn init_logging(tail: &LogTail) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        builder.init();
-    } else {
-        builder.json().init();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if tty { fmt.boxed() } else { fmt.json().boxed() };
+    // The fail ping's log tail: our own events at info whatever RUST_LOG says.
+    let tail_filter = Targets::new()
+        .with_default(LevelFilter::WARN)
+        .with_target("backup_sender", LevelFilter::INFO)
+        .with_target("backup_common", LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(tail.clone().with_filter(tail_filter))
+        .init();
+}
+
+async fn run_cmd(config: PathBuf, json: bool, tail: &LogTail) -> ExitCode {
+    // Without a readable config there is no healthcheck URL to report to: the exit code
+    // (and the missing success ping) must do.
+    let result = match SenderConfig::load(&config) {
+        Ok(cfg) => healthcheck::reported_run(&cfg, tail).await,
+        Err(e) => Err(RunError::Config(e.into())),
+    };
+    match result {
+        Ok(summary) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).expect("summary serializes")
+                );
+            } else {
+                println!("{summary}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backup failed ({}): {e}", e.kind());
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    backup_common::tls::install_crypto_provider();
-    init_logging();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run { config, json } => {
-            let result = match SenderConfig::load(&config) {
-                Ok(cfg) => run::run(&cfg).await,
-                Err(e) => Err(RunError::Config(e.into())),
-            };
-            match result {
-                Ok(summary) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&summary).expect("summary serializes")
-                        );
-                    } else {
-                        println!("{summary}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("backup failed ({}): {e}", e.kind());
-                    ExitCode::from(e.exit_code())
-                }
+async fn check_cmd(config: PathBuf) -> ExitCode {
+    let cfg = match SenderConfig::load(&config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            let e = RunError::Config(e.into());
+            println!("FAIL configuration: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    println!("ok   configuration: {}", config.display());
+    let mut code = None;
+    for check in preflight::checks(&cfg).await {
+        match check.result {
+            Ok(found) => println!("ok   {}: {found}", check.name),
+            Err(e) => {
+                println!("FAIL {}: {e}", check.name);
+                code.get_or_insert(e.exit_code());
             }
         }
     }
+    code.map_or(ExitCode::SUCCESS, ExitCode::from)
+}
+
+fn main() -> ExitCode {
+    backup_common::tls::install_crypto_provider();
+    let tail = LogTail::new(log_tail::DEFAULT_LINES);
+    init_logging(&tail);
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let code = rt.block_on(async {
+        match cli.command {
+            Command::Run { config, json } => run_cmd(config, json, &tail).await,
+            Command::Check { config } => check_cmd(config).await,
+        }
+    });
+    // An abandoned run may leave a blocking reader on a pipe that a grandchild of pg_dump
+    // still holds open; do not wait for it.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    code
 }

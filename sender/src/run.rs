@@ -18,7 +18,18 @@ use crate::objects::{self, Delta, ObjectError};
 use crate::progress::Progress;
 use crate::upload::Uploader;
 
-/// Why a run failed; each kind has its own exit code (see `docs/DEPLOYMENT.md`).
+/// Why a run failed; each kind has its own exit code (see `docs/MONITORING.md`):
+///
+/// | code | kind       | meaning                                                        |
+/// |------|------------|----------------------------------------------------------------|
+/// | 0    | (success)  | the receiver confirmed the commit of the whole snapshot         |
+/// | 2    | `config`   | the config file or a file it names is missing or invalid        |
+/// | 3    | `source`   | the database (down, credentials, pg_dump) or the bucket         |
+/// | 4    | `receiver` | unreachable, refused us, refused the snapshot, or recorded less |
+/// | 5    | `local`    | the local dump directory: not writable or not enough space     |
+/// | 6    | `timeout`  | the run did not finish within `run.deadline`                    |
+///
+/// The `kind` is also the first word of the reason in the healthcheck's fail ping.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("configuration: {}", chain(.0))]
@@ -29,7 +40,7 @@ pub enum RunError {
     Receiver(anyhow::Error),
     #[error("local backup directory: {}", chain(.0))]
     Local(anyhow::Error),
-    #[error("timeout: the run did not finish within run.deadline ({0:?})")]
+    #[error("timeout: the run did not finish within run.deadline ({})", humantime::format_duration(*.0))]
     Timeout(Duration),
 }
 
@@ -198,7 +209,40 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Runs one nightly backup to completion (no deadline; see [`run_with_deadline`]).
+/// Partial sync is a failure: `recorded` (what a manifest holds) must account for every
+/// one of the `listed` objects the source listed tonight.
+pub fn check_complete(what: &str, recorded: u64, listed: u64) -> anyhow::Result<()> {
+    if recorded != listed {
+        anyhow::bail!(
+            "{what} {recorded} objects but {listed} were listed at the source; \
+             a snapshot that misses objects is not a backup"
+        );
+    }
+    Ok(())
+}
+
+/// Pre-flight, then the run, within `run.deadline`. Past the deadline the run's future is
+/// dropped: the pg_dump child is killed (`kill_on_drop`), no commit is sent, so no
+/// snapshot exists; only chunks already stored remain (reused next night).
+pub async fn run_with_deadline(cfg: &SenderConfig) -> Result<Summary, RunError> {
+    let deadline = cfg.run.deadline.0;
+    let work = async {
+        crate::preflight::require(cfg).await?;
+        run(cfg).await
+    };
+    match tokio::time::timeout(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => {
+            // The half-written local dump of the abandoned run.
+            let _ = local_dumps::remove_stale_partials(&cfg.database.local_dir);
+            tracing::error!(deadline = %humantime::format_duration(deadline), "run abandoned at its deadline");
+            Err(RunError::Timeout(deadline))
+        }
+    }
+}
+
+/// Runs one nightly backup to completion (no deadline and no pre-flight; see
+/// [`run_with_deadline`]).
 pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
     let started = Instant::now();
     let attempts = cfg.run.retries;
@@ -290,6 +334,12 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
     }
     let (entries, delta): (Vec<ObjectEntry>, Delta) = synced?;
     let upload_stats = upload_stats.map_err(|s| receiver_err("uploading chunks", s))?;
+    check_complete(
+        "tonight's object list holds",
+        entries.len() as u64,
+        delta.total,
+    )
+    .map_err(RunError::Source)?;
 
     let dump_entry = DumpEntry {
         file_name: dump_name.clone(),
@@ -308,13 +358,8 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
         &entries,
     )
     .await?;
-    if committed.object_count != entries.len() as u64 {
-        return Err(RunError::Receiver(anyhow::anyhow!(
-            "receiver recorded {} objects but {} were listed at the source",
-            committed.object_count,
-            entries.len()
-        )));
-    }
+    check_complete("the receiver recorded", committed.object_count, delta.total)
+        .map_err(RunError::Receiver)?;
     Ok(Summary {
         snapshot_id: committed.snapshot_id,
         dump_bytes: dump_entry.size,
@@ -331,4 +376,38 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
         duration_secs: started.elapsed().as_secs_f64(),
         suspect: committed.suspect.then_some(committed.suspect_reason),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_missing_objects_is_a_failure() {
+        assert!(check_complete("recorded", 25, 25).is_ok());
+        let e = check_complete("the receiver recorded", 24, 25)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("24 objects but 25 were listed"), "{e}");
+        assert!(check_complete("recorded", 26, 25).is_err());
+        let e = RunError::Receiver(check_complete("recorded", 0, 1).unwrap_err());
+        assert_eq!((e.kind(), e.exit_code()), ("receiver", 4));
+    }
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let errs = [
+            RunError::Config(anyhow::anyhow!("x")),
+            RunError::Source(anyhow::anyhow!("x")),
+            RunError::Receiver(anyhow::anyhow!("x")),
+            RunError::Local(anyhow::anyhow!("x")),
+            RunError::Timeout(Duration::from_secs(1)),
+        ];
+        let codes: Vec<u8> = errs.iter().map(RunError::exit_code).collect();
+        assert_eq!(codes, [2, 3, 4, 5, 6]);
+        assert_eq!(
+            errs[4].to_string(),
+            "timeout: the run did not finish within run.deadline (1s)"
+        );
+    }
 }
