@@ -6,8 +6,11 @@
 pub mod admission;
 pub mod audit;
 pub mod clock;
+pub mod guard;
+pub mod quota;
 pub mod repository;
 pub mod restore;
 pub mod server;
 pub mod service;
 pub mod snapshots;
+pub mod tailscale;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use backup_common::config::ReceiverConfig;
 use backup_common::proto::backup_server::BackupServer;
-use backup_common::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -38,9 +37,10 @@ pub async fn serve_on(
         .with_context(|| format!("repo: cannot open or create {}", config.repo.display()))?;
     let tls = tls_config(&config)?;
     let service = Arc::new(BackupService::new(repo, config.clone(), clock));
+    let max_message = config.limits.max_message_bytes;
     let svc = BackupServer::from_arc(service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     tracing::info!(listen = %listener.local_addr()?, repo = %config.repo.display(), "receiver listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()
