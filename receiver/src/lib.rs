@@ -14,3 +14,4 @@ pub mod server;
 pub mod service;
 pub mod snapshots;
 pub mod tailscale;
+pub mod tls_accept;

@@ -98,6 +98,15 @@ impl BackupService {
         }
     }
 
+    /// The audit log, shared with the TLS layer's refusals.
+    pub fn audit(&self) -> Arc<AuditLog> {
+        self.audit.clone()
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
     /// Admits the peer of `request`: network and certificate rules, then (when configured)
     /// the Tailscale identity check. The future does not hold on to the request.
     fn admit<T>(
