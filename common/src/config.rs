@@ -277,6 +277,8 @@ pub struct ReceiverConfig {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub guard: Guard,
+    #[serde(default)]
     pub retention: Policy,
     #[serde(default)]
     pub drill: DrillConfig,
@@ -349,6 +351,31 @@ pub struct Admission {
     pub allowed_identities: Vec<String>,
     /// Source networks allowed in, e.g. `100.64.0.0/10` (Tailscale) or the VPS's `/32`.
     pub allowed_networks: Vec<IpNet>,
+    /// Optional: ask the local tailscaled who the peer is and require a node tag.
+    #[serde(default)]
+    pub tailscale: Option<TailscaleCheck>,
+}
+
+/// `[admission.tailscale]`: the peer's Tailscale node, as the local tailscaled's LocalAPI
+/// (`/localapi/v0/whois`) reports it, must carry one of `required_tags`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailscaleCheck {
+    /// tailscaled's LocalAPI unix socket.
+    #[serde(default = "default_tailscale_socket")]
+    pub socket: PathBuf,
+    /// Node tags of which the peer must carry at least one, e.g. `["tag:prod-vps"]`.
+    pub required_tags: Vec<String>,
+    /// How long a whois answer is reused for the same peer address and port.
+    #[serde(default = "default_tailscale_cache")]
+    pub cache_ttl: HumanDuration,
+}
+
+fn default_tailscale_socket() -> PathBuf {
+    PathBuf::from("/var/run/tailscale/tailscaled.sock")
+}
+fn default_tailscale_cache() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -363,7 +390,58 @@ pub struct Limits {
     /// Snapshots accepted per day (receiver's clock).
     #[serde(default = "default_snapshots_per_day")]
     pub max_snapshots_per_day: u32,
+    /// Stored (possibly compressed) chunk bytes one upload session may add.
+    #[serde(default = "default_max_session_bytes")]
+    pub max_session_bytes: u64,
+    /// Stored chunk bytes all sessions together may add per day (receiver's clock).
+    #[serde(default = "default_max_daily_bytes")]
+    pub max_daily_bytes: u64,
+    /// Free space the repository's filesystem keeps in reserve: a chunk that would eat
+    /// into it is refused with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+    /// Largest gRPC message accepted (a chunk upload must fit: at least 5 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
+
+/// `[guard]`: how far a snapshot may fall against the previous good one before the anomaly
+/// guard marks it suspect. Each value is a fraction of the previous value (0.1 = 10 %).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    #[serde(default = "default_object_drop")]
+    pub max_object_count_drop: f64,
+    #[serde(default = "default_object_drop")]
+    pub max_object_bytes_drop: f64,
+    #[serde(default = "default_half")]
+    pub max_dump_shrink: f64,
+    #[serde(default = "default_half")]
+    pub max_table_rows_drop: f64,
+}
+
+fn default_object_drop() -> f64 {
+    0.10
+}
+fn default_half() -> f64 {
+    0.5
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            max_object_count_drop: default_object_drop(),
+            max_object_bytes_drop: default_object_drop(),
+            max_dump_shrink: default_half(),
+            max_table_rows_drop: default_half(),
+        }
+    }
+}
+
+/// Smallest allowed `limits.max_message_bytes`: one incompressible chunk plus framing.
+pub const MIN_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
+/// Largest allowed `limits.max_message_bytes`.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 256 * 1024 * 1024;
 
 fn default_max_sessions() -> usize {
     2
@@ -374,6 +452,19 @@ fn default_idle_timeout() -> HumanDuration {
 fn default_snapshots_per_day() -> u32 {
     3
 }
+const GIB: u64 = 1024 * 1024 * 1024;
+fn default_max_session_bytes() -> u64 {
+    64 * GIB
+}
+fn default_max_daily_bytes() -> u64 {
+    128 * GIB
+}
+fn default_min_free_bytes() -> u64 {
+    2 * GIB
+}
+fn default_max_message_bytes() -> usize {
+    crate::MAX_MESSAGE_BYTES
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -381,6 +472,10 @@ impl Default for Limits {
             max_sessions: default_max_sessions(),
             idle_timeout: default_idle_timeout(),
             max_snapshots_per_day: default_snapshots_per_day(),
+            max_session_bytes: default_max_session_bytes(),
+            max_daily_bytes: default_max_daily_bytes(),
+            min_free_bytes: default_min_free_bytes(),
+            max_message_bytes: default_max_message_bytes(),
         }
     }
 }
@@ -482,6 +577,49 @@ impl ReceiverConfig {
                 "limits.max_snapshots_per_day",
                 "must be at least 1",
             ));
+        }
+        if cfg.limits.max_session_bytes == 0 {
+            return Err(invalid("limits.max_session_bytes", "must be at least 1"));
+        }
+        if cfg.limits.max_daily_bytes == 0 {
+            return Err(invalid("limits.max_daily_bytes", "must be at least 1"));
+        }
+        if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES_LIMIT).contains(&cfg.limits.max_message_bytes) {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                &format!(
+                    "must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES_LIMIT} (one 4 MiB chunk must fit)"
+                ),
+            ));
+        }
+        for (key, value) in [
+            (
+                "guard.max_object_count_drop",
+                cfg.guard.max_object_count_drop,
+            ),
+            (
+                "guard.max_object_bytes_drop",
+                cfg.guard.max_object_bytes_drop,
+            ),
+            ("guard.max_dump_shrink", cfg.guard.max_dump_shrink),
+            ("guard.max_table_rows_drop", cfg.guard.max_table_rows_drop),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(invalid(
+                    key,
+                    "must be a fraction between 0.0 and 1.0 (0.1 = a drop of 10 %)",
+                ));
+            }
+        }
+        if let Some(ts) = &cfg.admission.tailscale {
+            if ts.required_tags.is_empty()
+                || ts.required_tags.iter().any(|t| !t.starts_with("tag:"))
+            {
+                return Err(invalid(
+                    "admission.tailscale.required_tags",
+                    "must name at least one node tag, each like \"tag:prod-vps\"",
+                ));
+            }
         }
         if cfg.retention.keep_daily
             + cfg.retention.keep_weekly
@@ -588,6 +726,40 @@ allowed_networks = ["100.64.0.0/10"]
         let f = write(&RECEIVER.replace("100.64.0.0/10", "100.64.0.0/99"));
         let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
         assert!(e.contains("allowed_networks"), "{e}");
+        let f = write(&format!("{RECEIVER}[guard]\nmax_dump_shrink = 1.5\n"));
+        let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("guard.max_dump_shrink"), "{e}");
+        let f = write(&format!("{RECEIVER}[limits]\nmax_message_bytes = 1000\n"));
+        let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("limits.max_message_bytes"), "{e}");
+        let f = write(&format!("{RECEIVER}[limits]\nmax_daily_bytes = 0\n"));
+        let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("limits.max_daily_bytes"), "{e}");
+        let f = write(&format!(
+            "{RECEIVER}[admission.tailscale]\nrequired_tags = [\"prod-vps\"]\n"
+        ));
+        let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("admission.tailscale.required_tags"), "{e}");
+    }
+
+    #[test]
+    fn limits_guard_and_tailscale_parse() {
+        let f = write(&format!(
+            "{RECEIVER}[admission.tailscale]\nrequired_tags = [\"tag:prod-vps\"]\n\
+             [limits]\nmax_session_bytes = 1000\nmin_free_bytes = 5\n[guard]\nmax_object_count_drop = 0.2\n"
+        ));
+        let c = ReceiverConfig::load(f.path()).unwrap();
+        let ts = c.admission.tailscale.unwrap();
+        assert_eq!(
+            ts.socket,
+            PathBuf::from("/var/run/tailscale/tailscaled.sock")
+        );
+        assert_eq!(ts.required_tags, vec!["tag:prod-vps".to_string()]);
+        assert_eq!(c.limits.max_session_bytes, 1000);
+        assert_eq!(c.limits.min_free_bytes, 5);
+        assert_eq!(c.limits.max_message_bytes, crate::MAX_MESSAGE_BYTES);
+        assert_eq!(c.guard.max_object_count_drop, 0.2);
+        assert_eq!(c.guard.max_dump_shrink, 0.5);
     }
 
     #[test]

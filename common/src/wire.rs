@@ -29,6 +29,26 @@ pub enum WireError {
     EtagTooLong { what: String },
     #[error("dump file name {0:?} is not a plain file name")]
     DumpName(String),
+    #[error("dump: {0}")]
+    RowCounts(String),
+    #[error("{what} is longer than {max} bytes")]
+    TooLong { what: &'static str, max: usize },
+}
+
+/// Tables one dump may report row counts for.
+pub const MAX_TABLES: usize = 100_000;
+/// Longest table name (`schema.table`), database name or bucket name accepted.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Checks a free-form name from the network (database, bucket) for length.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), WireError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(WireError::TooLong {
+            what,
+            max: MAX_NAME_BYTES,
+        });
+    }
+    Ok(())
 }
 
 fn chunk_refs_from_proto(
@@ -134,20 +154,39 @@ pub fn dump_from_proto(d: proto::DumpEntry) -> Result<DumpEntry, WireError> {
     {
         return Err(WireError::DumpName(d.file_name));
     }
+    check_name("dump file name", &d.file_name)?;
+    check_name("database name", &d.database)?;
     let what = format!("dump {:?}", d.file_name);
     let chunks = chunk_refs_from_proto(&what, d.chunks)?;
     check_size(&what, d.size, &chunks)?;
+    if d.row_counts.len() > MAX_TABLES {
+        return Err(WireError::RowCounts(format!(
+            "{} tables reported, at most {MAX_TABLES} are accepted",
+            d.row_counts.len()
+        )));
+    }
+    let mut row_counts = std::collections::BTreeMap::new();
+    for t in d.row_counts {
+        if t.table.is_empty() || t.table.len() > MAX_NAME_BYTES || t.table.contains('\0') {
+            return Err(WireError::RowCounts(format!(
+                "table name {:?} is empty, longer than {MAX_NAME_BYTES} bytes or holds a NUL",
+                t.table
+            )));
+        }
+        if row_counts.insert(t.table.clone(), t.rows).is_some() {
+            return Err(WireError::RowCounts(format!(
+                "duplicate row count for table {:?}",
+                t.table
+            )));
+        }
+    }
     Ok(DumpEntry {
         hash: hash_from_proto(&what, &d.hash)?,
         file_name: d.file_name,
         database: d.database,
         size: d.size,
         chunks,
-        row_counts: d
-            .row_counts
-            .into_iter()
-            .map(|t| (t.table, t.rows))
-            .collect(),
+        row_counts,
     })
 }
 
@@ -200,6 +239,42 @@ mod tests {
         assert!(matches!(
             object_from_proto(short_hash),
             Err(WireError::Chunk { .. })
+        ));
+    }
+
+    fn dump(tables: &[&str]) -> proto::DumpEntry {
+        proto::DumpEntry {
+            file_name: "archiv-20260101.dump".into(),
+            size: 10,
+            hash: vec![1; 32],
+            chunks: vec![proto::ChunkRef {
+                id: vec![2; 32],
+                len: 10,
+            }],
+            row_counts: tables
+                .iter()
+                .map(|t| proto::TableRowCount {
+                    table: t.to_string(),
+                    rows: 1,
+                })
+                .collect(),
+            database: "archiv".into(),
+        }
+    }
+
+    #[test]
+    fn dump_row_counts_are_checked() {
+        let d = dump_from_proto(dump(&["public.a", "public.b"])).unwrap();
+        assert_eq!(d.row_counts.len(), 2);
+        let e = dump_from_proto(dump(&["public.a", "public.a"])).unwrap_err();
+        assert!(e.to_string().contains("duplicate row count"), "{e}");
+        let e = dump_from_proto(dump(&["a\0b"])).unwrap_err();
+        assert!(matches!(e, WireError::RowCounts(_)), "{e}");
+        let mut long = dump(&[]);
+        long.database = "d".repeat(MAX_NAME_BYTES + 1);
+        assert!(matches!(
+            dump_from_proto(long),
+            Err(WireError::TooLong { .. })
         ));
     }
 }

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use backup_common::config::{read_secret, ReceiverConfig};
 use backup_common::tls::{init_certs, CertSpec};
+use backup_receiver::audit::AuditLog;
 use backup_receiver::repository::Repository;
 use backup_receiver::snapshots::{self, SnapshotRow};
-use backup_receiver::{clock, drill, restore, server};
+use backup_receiver::{clock, drill, guard, restore, server};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -46,6 +47,20 @@ enum Command {
     /// Certificate set-up.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Acknowledge a snapshot the anomaly guard marked suspect (an id, or `latest`).
+    /// It then counts as good: it no longer pins older snapshots against retention and
+    /// becomes the baseline for the next comparison. Written once to REPO/acks/<id>.json.
+    Ack {
+        snapshot: String,
+        #[arg(long)]
+        repo: PathBuf,
+        /// Why the drop was expected (kept in the ack file and the audit log).
+        #[arg(long)]
+        note: Option<String>,
+        /// Who acknowledges; defaults to $SUDO_USER, then $USER.
+        #[arg(long)]
+        operator: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -164,6 +179,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Restore(args) => restore_cmd(args).await,
         Command::Drill(args) => drill_cmd(args).await,
+        Command::Ack {
+            snapshot,
+            repo,
+            note,
+            operator,
+        } => {
+            let repo = Repository::open(&repo)?;
+            let operator = operator
+                .or_else(|| std::env::var("SUDO_USER").ok())
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "unknown".into());
+            let now = clock::from_env()();
+            let ack = guard::acknowledge(&repo, &snapshot, &operator, note.as_deref(), now)?;
+            AuditLog::new(repo.root()).record(
+                now,
+                "ack",
+                serde_json::json!({
+                    "snapshot": ack.snapshot,
+                    "operator": ack.operator,
+                    "note": ack.note,
+                }),
+            );
+            println!(
+                "acknowledged suspect snapshot {} ({})",
+                ack.snapshot,
+                guard::ack_path(&repo, &ack.snapshot).display()
+            );
+            Ok(())
+        }
         Command::Certs(CertsCommand::Init {
             out,
             server_name,

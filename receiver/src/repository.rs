@@ -7,6 +7,7 @@
 //! REPO/repository.json        marker + format version
 //! REPO/chunks/ab/abcdef…      one file per chunk (tag byte + raw or zstd payload), mode 0444
 //! REPO/snapshots/<id>.json    one manifest per snapshot, mode 0444
+//! REPO/acks/<id>.json         operator acknowledgements of suspect snapshots, mode 0444
 //! REPO/tmp/                   staging for write-once publishes (same filesystem)
 //! REPO/audit.log              append-only log of sessions, commits and rejections
 //! ```
@@ -234,11 +235,12 @@ impl Repository {
         self.load_manifest(name)
     }
 
-    /// The newest snapshot the anomaly guard has not flagged: the base for the next delta.
+    /// The newest good snapshot (not flagged by the anomaly guard, or flagged and then
+    /// acknowledged by an operator): the base for the next delta and for the guard.
     pub fn latest_good(&self) -> Result<Option<Manifest>, RepoError> {
         for id in self.snapshot_ids()?.iter().rev() {
             let m = self.load_manifest(id)?;
-            if m.suspect.is_none() {
+            if !crate::guard::is_suspect(self, &m) {
                 return Ok(Some(m));
             }
         }

@@ -1,4 +1,5 @@
-//! Starts the gRPC service over TLS with required client certificates from the pinned CA.
+//! Starts the gRPC service over TLS with required client certificates from the pinned CA
+//! (handshakes in `tls_accept`, so refused ones reach the audit log).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -6,26 +7,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use backup_common::config::ReceiverConfig;
 use backup_common::proto::backup_server::BackupServer;
-use backup_common::MAX_MESSAGE_BYTES;
+use serde_json::json;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::clock::Clock;
 use crate::repository::Repository;
 use crate::service::BackupService;
-
-fn tls_config(config: &ReceiverConfig) -> anyhow::Result<ServerTlsConfig> {
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("tls.{key}: cannot read {}", path.display()))
-    };
-    let cert = read("server_cert", &config.tls.server_cert)?;
-    let key = read("server_key", &config.tls.server_key)?;
-    let ca = read("ca_cert", &config.tls.ca_cert)?;
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca))
-        .client_auth_optional(false))
-}
+use crate::tls_accept::{self, TlsMaterial};
 
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn serve_on(
@@ -36,16 +25,30 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let repo = Repository::open_or_init(&config.repo)
         .with_context(|| format!("repo: cannot open or create {}", config.repo.display()))?;
-    let tls = tls_config(&config)?;
+    let tls = TlsMaterial::load(&config)?;
     let service = Arc::new(BackupService::new(repo, config.clone(), clock));
+    let audit = service.audit();
+    let clock_for_tls = service.clock();
+    let max_message = config.limits.max_message_bytes;
     let svc = BackupServer::from_arc(service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     tracing::info!(listen = %listener.local_addr()?, repo = %config.repo.display(), "receiver listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tls_accept::incoming(listener, tls, move |refusal| {
+        tracing::warn!(peer = %refusal.peer, identity = ?refusal.identities, error = %refusal.error, "refused TLS handshake");
+        audit.record(
+            clock_for_tls(),
+            "refused",
+            json!({
+                "call": "TLS handshake",
+                "peer": refusal.peer.to_string(),
+                "reason": "tls",
+                "identity": refusal.identities.join(","),
+                "detail": refusal.error,
+            }),
+        );
+    });
     Server::builder()
-        .tls_config(tls)
-        .context("TLS configuration")?
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)

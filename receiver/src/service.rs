@@ -4,6 +4,7 @@
 //! Blocking file and hashing work runs on tokio's blocking pool.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -24,7 +25,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::admission::{admit, Peer};
 use crate::audit::AuditLog;
 use crate::clock::Clock;
+use crate::guard;
+use crate::quota::Quota;
 use crate::repository::{RepoError, Repository};
+use crate::tailscale::{TailscaleAdmission, Verdict};
 
 /// Chunk ids per MissingChunks request, and object entries per batch.
 pub const MAX_IDS_PER_REQUEST: usize = 20_000;
@@ -48,6 +52,8 @@ pub struct BackupService {
     clock: Clock,
     audit: Arc<AuditLog>,
     sessions: Mutex<HashMap<String, Session>>,
+    quota: Quota,
+    tailscale: Option<TailscaleAdmission>,
     /// Serialises commits so snapshot ids and per-day counts cannot race.
     commit_lock: tokio::sync::Mutex<()>,
 }
@@ -56,6 +62,10 @@ fn repo_status(e: RepoError) -> Status {
     match e {
         RepoError::MissingChunk { .. } => Status::failed_precondition(e.to_string()),
         RepoError::NoSuchSnapshot(_) | RepoError::Empty => Status::not_found(e.to_string()),
+        RepoError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+            tracing::error!(error = %e, "repository filesystem is full");
+            Status::resource_exhausted(format!("receiver storage is full: {e}"))
+        }
         _ => {
             tracing::error!(error = %e, "repository error");
             Status::internal(format!("receiver storage error: {e}"))
@@ -70,24 +80,113 @@ fn join_status(e: tokio::task::JoinError) -> Status {
 impl BackupService {
     pub fn new(repo: Repository, config: ReceiverConfig, clock: Clock) -> Self {
         let audit = Arc::new(AuditLog::new(repo.root()));
+        let quota = Quota::new(&config.limits, &repo, clock());
+        let tailscale = config
+            .admission
+            .tailscale
+            .clone()
+            .map(TailscaleAdmission::new);
         BackupService {
             repo,
             config,
             clock,
             audit,
             sessions: Mutex::new(HashMap::new()),
+            quota,
+            tailscale,
             commit_lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn admit<T>(&self, request: &Request<T>, call: &str) -> Result<Peer, Status> {
+    /// The audit log, shared with the TLS layer's refusals.
+    pub fn audit(&self) -> Arc<AuditLog> {
+        self.audit.clone()
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
+    /// Admits the peer of `request`: network and certificate rules, then (when configured)
+    /// the Tailscale identity check. The future does not hold on to the request.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        call: &'static str,
+    ) -> impl Future<Output = Result<Peer, Status>> + Send + '_ {
+        let admitted = self.admit_tls(request, call);
+        async move {
+            let peer = admitted?;
+            self.admit_tailscale(peer, call).await
+        }
+    }
+
+    async fn admit_tailscale(&self, peer: Peer, call: &'static str) -> Result<Peer, Status> {
+        let (Some(ts), Some(addr)) = (&self.tailscale, peer.addr) else {
+            return Ok(peer);
+        };
+        let (status, node) = match ts.check(addr).await {
+            Verdict::Allowed(_) => return Ok(peer),
+            Verdict::MissingTag(node) => (
+                Status::permission_denied(format!(
+                    "tailscale node {:?} has tags {:?}, none of admission.tailscale.required_tags {:?}",
+                    node.name,
+                    node.tags,
+                    ts.required_tags()
+                )),
+                Some(node),
+            ),
+            Verdict::UnknownPeer => (
+                Status::permission_denied(format!(
+                    "tailscaled does not know peer {addr}; only tailnet nodes are admitted"
+                )),
+                None,
+            ),
+            Verdict::Failed(e) => {
+                tracing::error!(error = %e, "tailscale whois failed; refusing the peer");
+                (
+                    Status::unavailable(format!(
+                        "the receiver cannot verify the peer's tailscale identity: {e}"
+                    )),
+                    None,
+                )
+            }
+        };
+        tracing::warn!(call, peer = %addr, identity = %peer.identity, tailscale_node = ?node, "refused peer (tailscale)");
+        self.audit.record(
+            (self.clock)(),
+            "refused",
+            json!({
+                "call": call,
+                "peer": addr.to_string(),
+                "identity": peer.identity,
+                "reason": "tailscale",
+                "tailscale_node": node.as_ref().map(|n| n.name.clone()),
+                "tailscale_tags": node.as_ref().map(|n| n.tags.clone()),
+                "tailscale_login": node.as_ref().map(|n| n.login.clone()),
+                "detail": status.message(),
+            }),
+        );
+        Err(status)
+    }
+
+    fn admit_tls<T>(&self, request: &Request<T>, call: &str) -> Result<Peer, Status> {
         admit(&self.config.admission, request).map_err(|(refusal, addr)| {
             let addr = addr.map(|a| a.to_string()).unwrap_or_default();
             tracing::warn!(call, peer = %addr, reason = refusal.reason(), "refused peer");
             self.audit.record(
                 (self.clock)(),
                 "refused",
-                json!({ "call": call, "peer": addr, "reason": refusal.reason(), "detail": format!("{refusal:?}") }),
+                json!({
+                    "call": call,
+                    "peer": addr,
+                    "reason": refusal.reason(),
+                    "identity": match &refusal {
+                        crate::admission::Refusal::Identity(ids) => ids.join(","),
+                        _ => String::new(),
+                    },
+                    "detail": format!("{refusal:?}"),
+                }),
             );
             refusal.status()
         })
@@ -203,6 +302,8 @@ impl BackupService {
                 header.object_count
             )));
         }
+        wire::check_name("bucket name", &header.bucket)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let dump = header
             .dump
             .clone()
@@ -326,6 +427,18 @@ impl BackupService {
                 "{today} snapshots were already committed today (receiver clock); limits.max_snapshots_per_day is {cap}"
             )));
         }
+        // The anomaly guard decides before publishing: a manifest is never changed afterwards.
+        let previous_good = {
+            let repo = repo.clone();
+            tokio::task::spawn_blocking(move || repo.latest_good())
+                .await
+                .map_err(join_status)?
+                .map_err(repo_status)?
+        };
+        manifest.suspect = guard::assess(&self.config.guard, previous_good.as_ref(), &manifest);
+        self.quota
+            .check_free(manifest.objects.len() as u64 * 512 + 64 * 1024)
+            .map_err(|e| e.status())?;
         let base = Self::snapshot_id_base(now);
         let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, RepoError> {
             for n in 0..100 {
@@ -346,14 +459,36 @@ impl BackupService {
         .await
         .map_err(join_status)?
         .map_err(repo_status)?;
+        // The one place a committed snapshot (suspect or not) is announced: logs, audit
+        // log, and the hook for alerts (healthcheck pings, metrics).
         tracing::info!(
             snapshot = %manifest.id,
             identity = %peer.identity,
             objects = manifest.stats.object_count,
             dump_bytes = manifest.stats.dump_bytes,
             new_bytes = manifest.stats.new_bytes,
+            suspect = manifest.suspect.is_some(),
             "snapshot committed"
         );
+        if let Some(reason) = &manifest.suspect {
+            tracing::error!(
+                snapshot = %manifest.id,
+                identity = %peer.identity,
+                reason = %reason,
+                "SUSPECT snapshot committed: the last good snapshot is pinned until an operator runs `backup-receiver ack`"
+            );
+            self.audit.record(
+                now,
+                "suspect",
+                json!({
+                    "snapshot": manifest.id,
+                    "identity": peer.identity,
+                    "peer": peer.addr.map(|a| a.to_string()),
+                    "reason": reason,
+                    "previous_good": previous_good.as_ref().map(|m| m.id.clone()),
+                }),
+            );
+        }
         self.audit.record(
             now,
             "commit",
@@ -365,6 +500,7 @@ impl BackupService {
                 "objects": manifest.stats.object_count,
                 "total_bytes": manifest.total_bytes(),
                 "new_bytes": manifest.stats.new_bytes,
+                "suspect": manifest.suspect,
             }),
         );
         Ok(proto::CommitResponse {
@@ -377,8 +513,12 @@ impl BackupService {
         })
     }
 
-    /// Verifies one uploaded chunk and stores it write-once. Returns stored bytes when new.
-    fn store_chunk(repo: &Repository, up: &proto::ChunkUpload) -> Result<Option<u64>, Status> {
+    /// Verifies one uploaded chunk. Returns its id and the bytes storing it will take, or
+    /// `None` when the repository has it already (nothing to store).
+    fn verify_chunk(
+        repo: &Repository,
+        up: &proto::ChunkUpload,
+    ) -> Result<Option<(ChunkId, u64)>, Status> {
         let id =
             ChunkId::from_slice(&up.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if up.raw_len == 0 || up.raw_len > MAX_CHUNK {
@@ -394,12 +534,33 @@ impl BackupService {
         if repo.has_chunk(&id) {
             return Ok(None);
         }
-        match repo
-            .put_chunk(&id, up.zstd, &up.data)
-            .map_err(repo_status)?
-        {
-            Published::Created => Ok(Some(up.data.len() as u64 + 1)),
-            Published::AlreadyExisted => Ok(None),
+        // The stored file: one tag byte and the payload.
+        Ok(Some((id, up.data.len() as u64 + 1)))
+    }
+
+    /// Counts `bytes` against the session's and the day's limits and the free-space
+    /// reserve before a chunk is written.
+    fn reserve_bytes(&self, session_id: &str, bytes: u64) -> Result<(), Status> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let s = sessions.get_mut(session_id).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "unknown or expired session {session_id:?}; begin a new session"
+            ))
+        })?;
+        self.quota
+            .reserve((self.clock)(), s.new_bytes, bytes)
+            .map_err(|e| e.status())?;
+        s.new_chunks += 1;
+        s.new_bytes += bytes;
+        Ok(())
+    }
+
+    /// Gives back a reservation whose chunk was not stored by this upload.
+    fn release_bytes(&self, session_id: &str, bytes: u64) {
+        self.quota.release((self.clock)(), bytes);
+        if let Some(s) = self.sessions.lock().unwrap().get_mut(session_id) {
+            s.new_chunks = s.new_chunks.saturating_sub(1);
+            s.new_bytes = s.new_bytes.saturating_sub(bytes);
         }
     }
 }
@@ -412,7 +573,7 @@ impl Backup for BackupService {
         &self,
         request: Request<proto::BeginSessionRequest>,
     ) -> Result<Response<proto::BeginSessionResponse>, Status> {
-        let peer = self.admit(&request, "BeginSession")?;
+        let peer = self.admit(&request, "BeginSession").await?;
         let req = request.into_inner();
         self.reap_idle();
         let now = (self.clock)();
@@ -462,7 +623,7 @@ impl Backup for BackupService {
         &self,
         request: Request<proto::PreviousObjectsRequest>,
     ) -> Result<Response<Self::PreviousObjectsStream>, Status> {
-        let peer = self.admit(&request, "PreviousObjects")?;
+        let peer = self.admit(&request, "PreviousObjects").await?;
         self.touch(&peer, &request.get_ref().session_id)?;
         let repo = self.repo.clone();
         let latest = tokio::task::spawn_blocking(move || repo.latest_good())
@@ -489,7 +650,7 @@ impl Backup for BackupService {
         &self,
         request: Request<proto::MissingChunksRequest>,
     ) -> Result<Response<proto::MissingChunksResponse>, Status> {
-        let peer = self.admit(&request, "MissingChunks")?;
+        let peer = self.admit(&request, "MissingChunks").await?;
         let req = request.into_inner();
         self.touch(&peer, &req.session_id)?;
         if req.ids.len() > MAX_IDS_PER_REQUEST {
@@ -527,7 +688,7 @@ impl Backup for BackupService {
         &self,
         request: Request<Streaming<proto::ChunkUpload>>,
     ) -> Result<Response<proto::PutChunksResponse>, Status> {
-        let peer = self.admit(&request, "PutChunks")?;
+        let peer = self.admit(&request, "PutChunks").await?;
         let mut stream = request.into_inner();
         let mut reply = proto::PutChunksResponse::default();
         while let Some(up) = stream.next().await {
@@ -535,20 +696,36 @@ impl Backup for BackupService {
             self.touch(&peer, &up.session_id)?;
             let repo = self.repo.clone();
             let session_id = up.session_id.clone();
-            let stored = tokio::task::spawn_blocking(move || Self::store_chunk(&repo, &up))
-                .await
-                .map_err(join_status)?
+            let (checked, up) = tokio::task::spawn_blocking(move || {
+                let checked = Self::verify_chunk(&repo, &up);
+                (checked, up)
+            })
+            .await
+            .map_err(join_status)?;
+            let Some((id, bytes)) = checked.map_err(|s| self.reject(&peer, "PutChunks", s))? else {
+                reply.duplicates += 1;
+                continue;
+            };
+            self.reserve_bytes(&session_id, bytes)
                 .map_err(|s| self.reject(&peer, "PutChunks", s))?;
-            match stored {
-                Some(bytes) => {
+            let repo = self.repo.clone();
+            let published =
+                tokio::task::spawn_blocking(move || repo.put_chunk(&id, up.zstd, &up.data))
+                    .await
+                    .map_err(join_status)?;
+            match published {
+                Ok(Published::Created) => {
                     reply.stored += 1;
                     reply.stored_bytes += bytes;
-                    if let Some(s) = self.sessions.lock().unwrap().get_mut(&session_id) {
-                        s.new_chunks += 1;
-                        s.new_bytes += bytes;
-                    }
                 }
-                None => reply.duplicates += 1,
+                Ok(Published::AlreadyExisted) => {
+                    self.release_bytes(&session_id, bytes);
+                    reply.duplicates += 1;
+                }
+                Err(e) => {
+                    self.release_bytes(&session_id, bytes);
+                    return Err(self.reject(&peer, "PutChunks", repo_status(e)));
+                }
             }
         }
         Ok(Response::new(reply))
@@ -558,7 +735,7 @@ impl Backup for BackupService {
         &self,
         request: Request<Streaming<proto::CommitPart>>,
     ) -> Result<Response<proto::CommitResponse>, Status> {
-        let peer = self.admit(&request, "Commit")?;
+        let peer = self.admit(&request, "Commit").await?;
         self.commit_inner(&peer, request.into_inner())
             .await
             .map(Response::new)

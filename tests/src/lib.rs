@@ -8,6 +8,7 @@
 //! Everything binds 127.0.0.1 on kernel-chosen ports and lives in its own
 //! temporary directory, so tests can run in parallel.
 
+pub mod hostile;
 pub mod net;
 pub mod pg;
 pub mod s3;

@@ -1,0 +1,192 @@
+//! Byte limits on what the network may make the receiver store: per upload session, per
+//! day of the receiver's clock, and a free-space reserve on the repository's filesystem.
+//! Every check runs before a chunk is written, so hitting a limit stores nothing and never
+//! touches what is stored already; the sender gets RESOURCE_EXHAUSTED naming the limit.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use backup_common::config::Limits;
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::repository::Repository;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    #[error("this upload session has stored {used} bytes; {more} more would exceed limits.max_session_bytes ({limit})")]
+    Session { used: u64, more: u64, limit: u64 },
+    #[error("{used} bytes were stored today (receiver clock); {more} more would exceed limits.max_daily_bytes ({limit})")]
+    Daily { used: u64, more: u64, limit: u64 },
+    #[error("the repository's filesystem has {free} bytes free; storing {more} more would eat into limits.min_free_bytes ({limit})")]
+    Reserve { free: u64, more: u64, limit: u64 },
+    #[error("cannot measure the free space of {path}: {message}")]
+    Statvfs { path: PathBuf, message: String },
+}
+
+impl QuotaError {
+    pub fn status(&self) -> tonic::Status {
+        match self {
+            QuotaError::Statvfs { .. } => tonic::Status::internal(self.to_string()),
+            _ => tonic::Status::resource_exhausted(self.to_string()),
+        }
+    }
+}
+
+struct Daily {
+    day: NaiveDate,
+    bytes: u64,
+}
+
+pub struct Quota {
+    max_session_bytes: u64,
+    max_daily_bytes: u64,
+    min_free_bytes: u64,
+    repo_root: PathBuf,
+    daily: Mutex<Daily>,
+}
+
+impl Quota {
+    /// Starts the day's count from what today's committed snapshots stored. Uploads of
+    /// sessions that never committed before a restart are not counted again.
+    pub fn new(limits: &Limits, repo: &Repository, now: DateTime<Utc>) -> Self {
+        let today = now.date_naive();
+        let bytes = repo
+            .manifests()
+            .map(|ms| {
+                ms.iter()
+                    .filter(|m| m.time.date_naive() == today)
+                    .map(|m| m.stats.new_bytes)
+                    .sum()
+            })
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot count today's stored bytes; starting from 0");
+                0
+            });
+        Quota {
+            max_session_bytes: limits.max_session_bytes,
+            max_daily_bytes: limits.max_daily_bytes,
+            min_free_bytes: limits.min_free_bytes,
+            repo_root: repo.root().to_path_buf(),
+            daily: Mutex::new(Daily { day: today, bytes }),
+        }
+    }
+
+    /// Checks that `more` bytes fit above the free-space reserve.
+    pub fn check_free(&self, more: u64) -> Result<(), QuotaError> {
+        let free = free_bytes(&self.repo_root).map_err(|e| QuotaError::Statvfs {
+            path: self.repo_root.clone(),
+            message: e.to_string(),
+        })?;
+        if free.saturating_sub(more) < self.min_free_bytes {
+            return Err(QuotaError::Reserve {
+                free,
+                more,
+                limit: self.min_free_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reserves `more` bytes for a session that stored `session_used` so far: checks the
+    /// session limit, the day's limit and the free-space reserve, then counts them for today.
+    pub fn reserve(
+        &self,
+        now: DateTime<Utc>,
+        session_used: u64,
+        more: u64,
+    ) -> Result<(), QuotaError> {
+        if session_used.saturating_add(more) > self.max_session_bytes {
+            return Err(QuotaError::Session {
+                used: session_used,
+                more,
+                limit: self.max_session_bytes,
+            });
+        }
+        let mut daily = self.daily.lock().unwrap_or_else(|p| p.into_inner());
+        if daily.day != now.date_naive() {
+            *daily = Daily {
+                day: now.date_naive(),
+                bytes: 0,
+            };
+        }
+        if daily.bytes.saturating_add(more) > self.max_daily_bytes {
+            return Err(QuotaError::Daily {
+                used: daily.bytes,
+                more,
+                limit: self.max_daily_bytes,
+            });
+        }
+        self.check_free(more)?;
+        daily.bytes += more;
+        Ok(())
+    }
+
+    /// Gives back a reservation whose chunk was not stored after all.
+    pub fn release(&self, now: DateTime<Utc>, bytes: u64) {
+        let mut daily = self.daily.lock().unwrap_or_else(|p| p.into_inner());
+        if daily.day == now.date_naive() {
+            daily.bytes = daily.bytes.saturating_sub(bytes);
+        }
+    }
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path` (statvfs).
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statvfs is plain old data; all-zero is a valid value for it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a NUL-terminated string and `st` a valid, writable statvfs.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(session: u64, daily: u64, reserve: u64) -> (tempfile::TempDir, Quota) {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_init(d.path()).unwrap();
+        let limits = Limits {
+            max_session_bytes: session,
+            max_daily_bytes: daily,
+            min_free_bytes: reserve,
+            ..Limits::default()
+        };
+        let q = Quota::new(&limits, &repo, Utc::now());
+        (d, q)
+    }
+
+    #[test]
+    fn free_space_is_measured() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(free_bytes(d.path()).unwrap() > 0);
+        assert!(free_bytes(&d.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn each_limit_refuses_with_its_key() {
+        let now = Utc::now();
+        let (_d, q) = quota(100, 150, 0);
+        q.reserve(now, 0, 100).unwrap();
+        let e = q.reserve(now, 100, 1).unwrap_err();
+        assert!(e.to_string().contains("limits.max_session_bytes"), "{e}");
+        let e = q.reserve(now, 0, 51).unwrap_err();
+        assert!(e.to_string().contains("limits.max_daily_bytes"), "{e}");
+        q.release(now, 100);
+        q.reserve(now, 0, 100).unwrap();
+        // A new day starts a new count.
+        q.reserve(now + chrono::Duration::days(1), 0, 100).unwrap();
+
+        let (_d, q) = quota(u64::MAX, u64::MAX, u64::MAX);
+        let e = q.reserve(now, 0, 1).unwrap_err();
+        assert!(e.to_string().contains("limits.min_free_bytes"), "{e}");
+        assert_eq!(e.status().code(), tonic::Code::ResourceExhausted);
+    }
+}
