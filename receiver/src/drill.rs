@@ -204,7 +204,7 @@ pub fn select(
     match selector {
         Selector::Named(name) => Ok(repo.resolve(name)?),
         Selector::OlderThan(min_age) => {
-            let wanted = humantime::format_duration(*min_age).to_string();
+            let wanted = short_duration(min_age.as_secs());
             let manifests = repo.manifests()?;
             let cutoff =
                 now - chrono::Duration::from_std(*min_age).unwrap_or(chrono::Duration::MAX);
@@ -235,8 +235,28 @@ pub fn select(
 fn human_age(age: chrono::Duration) -> String {
     let secs = age.num_seconds().max(0) as u64;
     // Minutes are precise enough for an age; seconds only for very young snapshots.
-    let rounded = if secs >= 3600 { secs - secs % 60 } else { secs };
-    humantime::format_duration(Duration::from_secs(rounded)).to_string()
+    short_duration(if secs >= 3600 { secs - secs % 60 } else { secs })
+}
+
+/// `45d 1h 30m`: days, hours, minutes and seconds, zero parts left out (humantime's
+/// months of 30.44 days would read oddly in a drill report).
+fn short_duration(secs: u64) -> String {
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs % 86_400 / 3600, "h"),
+        (secs % 3600 / 60, "m"),
+        (secs % 60, "s"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if text.is_empty() {
+        "0s".into()
+    } else {
+        text.join(" ")
+    }
 }
 
 /// Records one step's duration and outcome.
@@ -246,10 +266,16 @@ struct Steps {
 }
 
 impl Steps {
+    /// Records a step; its error is also a failure of the drill.
     fn record(&mut self, name: &'static str, started: Instant, error: Option<String>) {
         if let Some(e) = &error {
             self.failures.push(format!("{name}: {e}"));
         }
+        self.summarize(name, started, error);
+    }
+
+    /// Records a step whose individual failures were listed already; `error` sums them up.
+    fn summarize(&mut self, name: &'static str, started: Instant, error: Option<String>) {
         self.steps.push(Step {
             name,
             ok: error.is_none(),
@@ -335,7 +361,9 @@ pub async fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
     };
     let mut report = Report {
         snapshot: manifest.id.clone(),
-        snapshot_time: manifest.time.to_rfc3339(),
+        snapshot_time: manifest
+            .time
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         age_seconds: (opts.now - manifest.time).num_seconds(),
         age: human_age(opts.now - manifest.time),
         passed: false,
@@ -386,8 +414,8 @@ pub async fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
     };
     let objects_error = (!objects.failures.is_empty())
         .then(|| format!("{} object(s) did not restore", objects.failures.len()));
-    steps.record("objects", t, objects_error);
     steps.failures.extend(objects.failures);
+    steps.summarize("objects", t, objects_error);
 
     let t = Instant::now();
     let cleanup = fs::remove_dir_all(scratch.path())
@@ -489,7 +517,7 @@ async fn database_steps(
                         }
                         let err = (!bad.is_empty())
                             .then(|| format!("{} table(s) do not match the manifest", bad.len()));
-                        steps.record("row_counts", t, err);
+                        steps.summarize("row_counts", t, err);
                     }
                     Err(e) => steps.record("row_counts", t, Some(e)),
                 }
@@ -510,7 +538,7 @@ async fn database_steps(
                     }
                     let failed = report.sanity_queries.iter().filter(|q| !q.ok).count();
                     let err = (failed > 0).then(|| format!("{failed} sanity query(ies) failed"));
-                    steps.record("sanity_queries", t, err);
+                    steps.summarize("sanity_queries", t, err);
                 }
             }
         }
@@ -755,6 +783,13 @@ mod tests {
             "postgres://u:p@h:5433/d?sslmode=disable"
         );
         assert_eq!(with_database("postgresql://h", "d"), "postgresql://h/d");
+    }
+
+    #[test]
+    fn durations_read_plainly() {
+        assert_eq!(short_duration(90 * 86_400), "90d");
+        assert_eq!(short_duration(45 * 86_400 + 3600 + 5), "45d 1h 5s");
+        assert_eq!(short_duration(0), "0s");
     }
 
     #[test]
