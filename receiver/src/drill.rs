@@ -36,6 +36,8 @@ pub enum DrillError {
     Repo(#[from] RepoError),
     #[error("no snapshot is at least {wanted} old: {detail}")]
     NoneOldEnough { wanted: String, detail: String },
+    #[error("the drill was interrupted (SIGTERM or Ctrl-C, e.g. its time limit) before it finished; the sandbox was removed")]
+    Interrupted,
     #[error("scratch directory {path}: {source}")]
     Scratch {
         path: PathBuf,
@@ -304,13 +306,21 @@ fn explain(repo: &Repository, e: &RestoreError) -> String {
 }
 
 /// Runs a drill, pinging the configured healthcheck (`/start`, then success or `/fail`).
-/// A failed ping is logged and changes nothing.
-pub async fn run_and_ping(opts: &DrillOptions) -> Result<Report, DrillError> {
+/// A failed ping is logged and changes nothing. When `cancel` completes first (a signal),
+/// the drill is dropped, which stops the sandbox PostgreSQL and removes the scratch
+/// directory, and the outcome is [`DrillError::Interrupted`].
+pub async fn run_and_ping(
+    opts: &DrillOptions,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<Report, DrillError> {
     let url = opts.config.healthcheck_url.as_deref();
     if let Some(url) = url {
         ping_logged(&ping::join(url, "start"), "").await;
     }
-    let result = run(opts).await;
+    let result = tokio::select! {
+        r = run(opts) => r,
+        () = cancel => Err(DrillError::Interrupted),
+    };
     if let Some(url) = url {
         match &result {
             Ok(r) if r.passed => ping_logged(url, &r.text()).await,

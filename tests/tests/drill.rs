@@ -385,3 +385,75 @@ async fn older_than_picks_the_newest_snapshot_old_enough() {
         "{err}"
     );
 }
+
+/// Children of `pid` (all its threads), from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_drill_stops_its_postgres_and_reports_failure() {
+    let stack = Stack::start().await.unwrap();
+    seed_objects(&stack).await;
+    stack.run_sender().summary();
+    let (hc_url, pings) = healthcheck_server();
+    let config = config_with(
+        &stack,
+        "drill.toml",
+        &format!("[drill]\nhealthcheck_url = \"{hc_url}\"\n"),
+    );
+    let mut child = Command::new(bin("backup-receiver"))
+        .args(["drill", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the drill's own PostgreSQL server is running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let postgres = loop {
+        if let Some(pid) = children(child.id())
+            .into_iter()
+            .find(|&p| comm(p) == "postgres")
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drill started no postgres"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "drill ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // SAFETY: kill(2) on our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    // The server is gone (not merely orphaned), and so is its directory.
+    assert!(
+        !Path::new(&format!("/proc/{postgres}")).exists(),
+        "postgres {postgres} outlived the drill"
+    );
+    let p = pings.lock().unwrap();
+    assert_eq!(p.last().unwrap().0, "/ping/drill-uuid/fail");
+}
