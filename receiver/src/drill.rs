@@ -109,6 +109,9 @@ pub struct Report {
     pub age_seconds: i64,
     pub age: String,
     pub passed: bool,
+    /// Why the receiver's anomaly guard distrusts this snapshot, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
     /// Where the dump was restored (throwaway cluster, or a database on the sandbox server).
     pub sandbox: String,
     pub dump_bytes: u64,
@@ -129,6 +132,11 @@ impl Report {
             "restore drill {verdict}: snapshot {} ({}, {} old)\n",
             self.snapshot, self.snapshot_time, self.age
         ));
+        if let Some(why) = &self.suspect {
+            out.push_str(&format!(
+                "snapshot flagged SUSPECT by the receiver: {why}\n"
+            ));
+        }
         out.push_str(&format!(
             "sandbox: {}\ndump: {}\n",
             self.sandbox,
@@ -377,7 +385,8 @@ pub async fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
         age_seconds: (opts.now - manifest.time).num_seconds(),
         age: human_age(opts.now - manifest.time),
         passed: false,
-        sandbox: String::new(),
+        suspect: manifest.suspect.clone(),
+        sandbox: "none started".into(),
         dump_bytes: manifest.dump.as_ref().map(|d| d.size).unwrap_or(0),
         tables: Vec::new(),
         sanity_queries: Vec::new(),
