@@ -36,6 +36,8 @@ pub enum DrillError {
     Repo(#[from] RepoError),
     #[error("no snapshot is at least {wanted} old: {detail}")]
     NoneOldEnough { wanted: String, detail: String },
+    #[error("the drill was interrupted (SIGTERM or Ctrl-C, e.g. its time limit) before it finished; the sandbox was removed")]
+    Interrupted,
     #[error("scratch directory {path}: {source}")]
     Scratch {
         path: PathBuf,
@@ -107,6 +109,9 @@ pub struct Report {
     pub age_seconds: i64,
     pub age: String,
     pub passed: bool,
+    /// Why the receiver's anomaly guard distrusts this snapshot, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
     /// Where the dump was restored (throwaway cluster, or a database on the sandbox server).
     pub sandbox: String,
     pub dump_bytes: u64,
@@ -127,6 +132,11 @@ impl Report {
             "restore drill {verdict}: snapshot {} ({}, {} old)\n",
             self.snapshot, self.snapshot_time, self.age
         ));
+        if let Some(why) = &self.suspect {
+            out.push_str(&format!(
+                "snapshot flagged SUSPECT by the receiver: {why}\n"
+            ));
+        }
         out.push_str(&format!(
             "sandbox: {}\ndump: {}\n",
             self.sandbox,
@@ -204,7 +214,7 @@ pub fn select(
     match selector {
         Selector::Named(name) => Ok(repo.resolve(name)?),
         Selector::OlderThan(min_age) => {
-            let wanted = humantime::format_duration(*min_age).to_string();
+            let wanted = short_duration(min_age.as_secs());
             let manifests = repo.manifests()?;
             let cutoff =
                 now - chrono::Duration::from_std(*min_age).unwrap_or(chrono::Duration::MAX);
@@ -235,8 +245,28 @@ pub fn select(
 fn human_age(age: chrono::Duration) -> String {
     let secs = age.num_seconds().max(0) as u64;
     // Minutes are precise enough for an age; seconds only for very young snapshots.
-    let rounded = if secs >= 3600 { secs - secs % 60 } else { secs };
-    humantime::format_duration(Duration::from_secs(rounded)).to_string()
+    short_duration(if secs >= 3600 { secs - secs % 60 } else { secs })
+}
+
+/// `45d 1h 30m`: days, hours, minutes and seconds, zero parts left out (humantime's
+/// months of 30.44 days would read oddly in a drill report).
+fn short_duration(secs: u64) -> String {
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs % 86_400 / 3600, "h"),
+        (secs % 3600 / 60, "m"),
+        (secs % 60, "s"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if text.is_empty() {
+        "0s".into()
+    } else {
+        text.join(" ")
+    }
 }
 
 /// Records one step's duration and outcome.
@@ -246,10 +276,16 @@ struct Steps {
 }
 
 impl Steps {
+    /// Records a step; its error is also a failure of the drill.
     fn record(&mut self, name: &'static str, started: Instant, error: Option<String>) {
         if let Some(e) = &error {
             self.failures.push(format!("{name}: {e}"));
         }
+        self.summarize(name, started, error);
+    }
+
+    /// Records a step whose individual failures were listed already; `error` sums them up.
+    fn summarize(&mut self, name: &'static str, started: Instant, error: Option<String>) {
         self.steps.push(Step {
             name,
             ok: error.is_none(),
@@ -278,13 +314,21 @@ fn explain(repo: &Repository, e: &RestoreError) -> String {
 }
 
 /// Runs a drill, pinging the configured healthcheck (`/start`, then success or `/fail`).
-/// A failed ping is logged and changes nothing.
-pub async fn run_and_ping(opts: &DrillOptions) -> Result<Report, DrillError> {
+/// A failed ping is logged and changes nothing. When `cancel` completes first (a signal),
+/// the drill is dropped, which stops the sandbox PostgreSQL and removes the scratch
+/// directory, and the outcome is [`DrillError::Interrupted`].
+pub async fn run_and_ping(
+    opts: &DrillOptions,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<Report, DrillError> {
     let url = opts.config.healthcheck_url.as_deref();
     if let Some(url) = url {
         ping_logged(&ping::join(url, "start"), "").await;
     }
-    let result = run(opts).await;
+    let result = tokio::select! {
+        r = run(opts) => r,
+        () = cancel => Err(DrillError::Interrupted),
+    };
     if let Some(url) = url {
         match &result {
             Ok(r) if r.passed => ping_logged(url, &r.text()).await,
@@ -335,11 +379,14 @@ pub async fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
     };
     let mut report = Report {
         snapshot: manifest.id.clone(),
-        snapshot_time: manifest.time.to_rfc3339(),
+        snapshot_time: manifest
+            .time
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         age_seconds: (opts.now - manifest.time).num_seconds(),
         age: human_age(opts.now - manifest.time),
         passed: false,
-        sandbox: String::new(),
+        suspect: manifest.suspect.clone(),
+        sandbox: "none started".into(),
         dump_bytes: manifest.dump.as_ref().map(|d| d.size).unwrap_or(0),
         tables: Vec::new(),
         sanity_queries: Vec::new(),
@@ -386,8 +433,8 @@ pub async fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
     };
     let objects_error = (!objects.failures.is_empty())
         .then(|| format!("{} object(s) did not restore", objects.failures.len()));
-    steps.record("objects", t, objects_error);
     steps.failures.extend(objects.failures);
+    steps.summarize("objects", t, objects_error);
 
     let t = Instant::now();
     let cleanup = fs::remove_dir_all(scratch.path())
@@ -489,7 +536,7 @@ async fn database_steps(
                         }
                         let err = (!bad.is_empty())
                             .then(|| format!("{} table(s) do not match the manifest", bad.len()));
-                        steps.record("row_counts", t, err);
+                        steps.summarize("row_counts", t, err);
                     }
                     Err(e) => steps.record("row_counts", t, Some(e)),
                 }
@@ -510,7 +557,7 @@ async fn database_steps(
                     }
                     let failed = report.sanity_queries.iter().filter(|q| !q.ok).count();
                     let err = (failed > 0).then(|| format!("{failed} sanity query(ies) failed"));
-                    steps.record("sanity_queries", t, err);
+                    steps.summarize("sanity_queries", t, err);
                 }
             }
         }
@@ -755,6 +802,13 @@ mod tests {
             "postgres://u:p@h:5433/d?sslmode=disable"
         );
         assert_eq!(with_database("postgresql://h", "d"), "postgresql://h/d");
+    }
+
+    #[test]
+    fn durations_read_plainly() {
+        assert_eq!(short_duration(90 * 86_400), "90d");
+        assert_eq!(short_duration(45 * 86_400 + 3600 + 5), "45d 1h 5s");
+        assert_eq!(short_duration(0), "0s");
     }
 
     #[test]

@@ -319,7 +319,7 @@ async fn drill_cmd(args: DrillArgs) -> anyhow::Result<()> {
         config: config.map(|c| c.drill).unwrap_or_default(),
         now: clock::from_env()(),
     };
-    let report = drill::run_and_ping(&opts).await?;
+    let report = drill::run_and_ping(&opts, shutdown_signal()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
