@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod audit;
 pub mod clock;
+pub mod monitor;
 pub mod repository;
 pub mod restore;
 pub mod server;

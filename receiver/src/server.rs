@@ -38,19 +38,31 @@ pub async fn serve_on(
         .with_context(|| format!("repo: cannot open or create {}", config.repo.display()))?;
     let tls = tls_config(&config)?;
     let service = Arc::new(BackupService::new(repo, config.clone(), clock));
+    let monitor = service.monitor();
+    let metrics = monitor.bind_metrics().await?;
+    if let Some(m) = &metrics {
+        tracing::info!(listen = %m.local_addr()?, "metrics endpoint listening");
+    }
+    // Owned here: the monitor's checks, pings and scrapes stop when the server does.
+    let background = tokio::spawn(monitor.run(metrics));
     let svc = BackupServer::from_arc(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(listen = %listener.local_addr()?, repo = %config.repo.display(), "receiver listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    Server::builder()
-        .tls_config(tls)
-        .context("TLS configuration")?
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("gRPC server")
+    let served = async {
+        Server::builder()
+            .tls_config(tls)
+            .context("TLS configuration")?
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .context("gRPC server")
+    }
+    .await;
+    background.abort();
+    served
 }
 
 /// Binds the configured address and serves until `shutdown` resolves.

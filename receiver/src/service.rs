@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::admission::{admit, Peer};
 use crate::audit::AuditLog;
 use crate::clock::Clock;
+use crate::monitor::{self, Monitor};
 use crate::repository::{RepoError, Repository};
 
 /// Chunk ids per MissingChunks request, and object entries per batch.
@@ -50,6 +51,7 @@ pub struct BackupService {
     sessions: Mutex<HashMap<String, Session>>,
     /// Serialises commits so snapshot ids and per-day counts cannot race.
     commit_lock: tokio::sync::Mutex<()>,
+    monitor: Arc<Monitor>,
 }
 
 fn repo_status(e: RepoError) -> Status {
@@ -70,7 +72,9 @@ fn join_status(e: tokio::task::JoinError) -> Status {
 impl BackupService {
     pub fn new(repo: Repository, config: ReceiverConfig, clock: Clock) -> Self {
         let audit = Arc::new(AuditLog::new(repo.root()));
+        let monitor = Monitor::new(&config.monitoring, repo.clone(), clock.clone());
         BackupService {
+            monitor,
             repo,
             config,
             clock,
@@ -80,10 +84,16 @@ impl BackupService {
         }
     }
 
+    /// The monitor this service reports commits and rejections to; its owner runs it.
+    pub fn monitor(&self) -> Arc<Monitor> {
+        self.monitor.clone()
+    }
+
     fn admit<T>(&self, request: &Request<T>, call: &str) -> Result<Peer, Status> {
         admit(&self.config.admission, request).map_err(|(refusal, addr)| {
             let addr = addr.map(|a| a.to_string()).unwrap_or_default();
             tracing::warn!(call, peer = %addr, reason = refusal.reason(), "refused peer");
+            self.monitor.rejected(refusal.reason());
             self.audit.record(
                 (self.clock)(),
                 "refused",
@@ -95,6 +105,7 @@ impl BackupService {
 
     fn reject(&self, peer: &Peer, call: &str, status: Status) -> Status {
         tracing::warn!(call, identity = %peer.identity, code = ?status.code(), message = status.message(), "rejected request");
+        self.monitor.rejected(&monitor::code_label(status.code()));
         self.audit.record(
             (self.clock)(),
             "rejected",
@@ -367,6 +378,7 @@ impl BackupService {
                 "new_bytes": manifest.stats.new_bytes,
             }),
         );
+        self.monitor.snapshot_committed(&manifest);
         Ok(proto::CommitResponse {
             snapshot_id: manifest.id.clone(),
             time_unix: manifest.time.timestamp(),
