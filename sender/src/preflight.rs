@@ -75,9 +75,17 @@ async fn receiver(cfg: &SenderConfig) -> Result<String, RunError> {
     match answer {
         Ok(()) => {}
         Err(s) if s.code() == Code::FailedPrecondition => {}
+        Err(s) if client::is_transient(&s) => {
+            return Err(RunError::Receiver(anyhow::anyhow!(
+                "cannot reach {}: {} ({:?})",
+                cfg.receiver.url,
+                s.message(),
+                s.code()
+            )))
+        }
         Err(s) => {
             return Err(RunError::Receiver(anyhow::anyhow!(
-                "{} did not admit us: {} ({:?})",
+                "{} refused us: {} ({:?})",
                 cfg.receiver.url,
                 s.message(),
                 s.code()
