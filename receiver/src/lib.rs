@@ -10,6 +10,7 @@ pub mod drill;
 pub mod ping;
 pub mod guard;
 pub mod quota;
+pub mod monitor;
 pub mod repository;
 pub mod restore;
 pub mod sandbox_pg;

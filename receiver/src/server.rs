@@ -30,11 +30,20 @@ pub async fn serve_on(
     let audit = service.audit();
     let clock_for_tls = service.clock();
     let max_message = config.limits.max_message_bytes;
+    let monitor = service.monitor();
+    let monitor_for_tls = monitor.clone();
+    let metrics = monitor.bind_metrics().await?;
+    if let Some(m) = &metrics {
+        tracing::info!(listen = %m.local_addr()?, "metrics endpoint listening");
+    }
+    // Owned here: the monitor's checks, pings and scrapes stop when the server does.
+    let background = tokio::spawn(monitor.run(metrics));
     let svc = BackupServer::from_arc(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     tracing::info!(listen = %listener.local_addr()?, repo = %config.repo.display(), "receiver listening");
     let incoming = tls_accept::incoming(listener, tls, move |refusal| {
+        monitor_for_tls.rejected("tls");
         tracing::warn!(peer = %refusal.peer, identity = ?refusal.identities, error = %refusal.error, "refused TLS handshake");
         audit.record(
             clock_for_tls(),
@@ -48,12 +57,14 @@ pub async fn serve_on(
             }),
         );
     });
-    Server::builder()
+    let served = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .context("gRPC server")
+        .context("gRPC server");
+    background.abort();
+    served
 }
 
 /// Binds the configured address and serves until `shutdown` resolves.

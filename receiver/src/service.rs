@@ -27,6 +27,7 @@ use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::guard;
 use crate::quota::Quota;
+use crate::monitor::{self, Monitor};
 use crate::repository::{RepoError, Repository};
 use crate::tailscale::{TailscaleAdmission, Verdict};
 
@@ -56,6 +57,7 @@ pub struct BackupService {
     tailscale: Option<TailscaleAdmission>,
     /// Serialises commits so snapshot ids and per-day counts cannot race.
     commit_lock: tokio::sync::Mutex<()>,
+    monitor: Arc<Monitor>,
 }
 
 fn repo_status(e: RepoError) -> Status {
@@ -86,7 +88,9 @@ impl BackupService {
             .tailscale
             .clone()
             .map(TailscaleAdmission::new);
+        let monitor = Monitor::new(&config.monitoring, repo.clone(), clock.clone());
         BackupService {
+            monitor,
             repo,
             config,
             clock,
@@ -96,6 +100,11 @@ impl BackupService {
             tailscale,
             commit_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The monitor this service reports commits and rejections to; its owner runs it.
+    pub fn monitor(&self) -> Arc<Monitor> {
+        self.monitor.clone()
     }
 
     /// The audit log, shared with the TLS layer's refusals.
@@ -174,6 +183,7 @@ impl BackupService {
         admit(&self.config.admission, request).map_err(|(refusal, addr)| {
             let addr = addr.map(|a| a.to_string()).unwrap_or_default();
             tracing::warn!(call, peer = %addr, reason = refusal.reason(), "refused peer");
+            self.monitor.rejected(refusal.reason());
             self.audit.record(
                 (self.clock)(),
                 "refused",
@@ -194,6 +204,7 @@ impl BackupService {
 
     fn reject(&self, peer: &Peer, call: &str, status: Status) -> Status {
         tracing::warn!(call, identity = %peer.identity, code = ?status.code(), message = status.message(), "rejected request");
+        self.monitor.rejected(&monitor::code_label(status.code()));
         self.audit.record(
             (self.clock)(),
             "rejected",
@@ -503,6 +514,7 @@ impl BackupService {
                 "suspect": manifest.suspect,
             }),
         );
+        self.monitor.snapshot_committed(&manifest);
         Ok(proto::CommitResponse {
             snapshot_id: manifest.id.clone(),
             time_unix: manifest.time.timestamp(),

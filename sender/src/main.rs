@@ -100,17 +100,17 @@ async fn check_cmd(config: PathBuf) -> ExitCode {
         }
     };
     println!("ok   configuration: {}", config.display());
-    let mut code = None;
+    let mut failures = Vec::new();
     for check in preflight::checks(&cfg).await {
         match check.result {
             Ok(found) => println!("ok   {}: {found}", check.name),
             Err(e) => {
                 println!("FAIL {}: {e}", check.name);
-                code.get_or_insert(e.exit_code());
+                failures.push(e);
             }
         }
     }
-    code.map_or(ExitCode::SUCCESS, ExitCode::from)
+    preflight::decisive(failures).map_or(ExitCode::SUCCESS, |e| ExitCode::from(e.exit_code()))
 }
 
 fn main() -> ExitCode {

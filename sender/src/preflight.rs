@@ -75,9 +75,17 @@ async fn receiver(cfg: &SenderConfig) -> Result<String, RunError> {
     match answer {
         Ok(()) => {}
         Err(s) if s.code() == Code::FailedPrecondition => {}
+        Err(s) if client::is_transient(&s) => {
+            return Err(RunError::Receiver(anyhow::anyhow!(
+                "cannot reach {}: {} ({:?})",
+                cfg.receiver.url,
+                s.message(),
+                s.code()
+            )))
+        }
         Err(s) => {
             return Err(RunError::Receiver(anyhow::anyhow!(
-                "{} did not admit us: {} ({:?})",
+                "{} refused us: {} ({:?})",
                 cfg.receiver.url,
                 s.message(),
                 s.code()
@@ -152,16 +160,53 @@ pub async fn checks(cfg: &SenderConfig) -> Vec<Check> {
     ]
 }
 
-/// Runs the checks and fails with the first failure (in the order above).
+/// The failure a run reports: a configuration error (a missing secret or certificate file)
+/// first, since it explains the rest; otherwise the first in the order above.
+pub fn decisive(failures: Vec<RunError>) -> Option<RunError> {
+    let config = failures
+        .iter()
+        .position(|e| matches!(e, RunError::Config(_)));
+    let mut failures = failures;
+    match config {
+        Some(i) => Some(failures.swap_remove(i)),
+        None => failures.into_iter().next(),
+    }
+}
+
+/// Runs the checks, logs each, and fails with the [`decisive`] failure.
 pub async fn require(cfg: &SenderConfig) -> Result<(), RunError> {
+    let mut failures = Vec::new();
     for check in checks(cfg).await {
         match check.result {
             Ok(found) => tracing::info!(check = check.name, found = %found, "pre-flight ok"),
             Err(e) => {
                 tracing::error!(check = check.name, error = %e, "pre-flight failed");
-                return Err(e);
+                failures.push(e);
             }
         }
     }
-    Ok(())
+    decisive(failures).map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_error_outranks_the_failures_it_causes() {
+        let e = decisive(vec![
+            RunError::Source(anyhow::anyhow!("db down")),
+            RunError::Config(anyhow::anyhow!("objects.access_key_file")),
+            RunError::Receiver(anyhow::anyhow!("unreachable")),
+        ])
+        .unwrap();
+        assert_eq!(e.exit_code(), 2);
+        let e = decisive(vec![
+            RunError::Source(anyhow::anyhow!("db down")),
+            RunError::Local(anyhow::anyhow!("full")),
+        ])
+        .unwrap();
+        assert_eq!(e.exit_code(), 3);
+        assert!(decisive(Vec::new()).is_none());
+    }
 }

@@ -69,3 +69,15 @@ fn missing_config_file_is_a_config_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sender.toml"));
 }
+
+#[test]
+fn healthcheck_url_must_be_http() {
+    let text = format!("{GOOD}\n[healthcheck]\nurl = \"ftp://hc.example/abc\"\n");
+    let (code, err) = run_with_config(&text);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("healthcheck.url"), "{err}");
+    let text = GOOD.to_string() + "\n[run]\ndeadline = \"soon\"\n";
+    let (code, err) = run_with_config(&text);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("deadline"), "{err}");
+}

@@ -201,8 +201,30 @@ impl Stack {
 
     /// As [`Stack::start`], with extra receiver TOML and environment.
     pub async fn start_with(receiver_extra: &str, receiver_env: &[(&str, &str)]) -> Result<Stack> {
+        Self::start_with_cluster(PgCluster::start(), receiver_extra, receiver_env).await
+    }
+
+    /// As [`Stack::start_with`], with a PostgreSQL cluster that requires passwords over TCP
+    /// (the sender config's URL carries the superuser's password).
+    pub async fn start_with_password_auth(
+        receiver_extra: &str,
+        receiver_env: &[(&str, &str)],
+    ) -> Result<Stack> {
+        Self::start_with_cluster(
+            PgCluster::start_with_password_auth(),
+            receiver_extra,
+            receiver_env,
+        )
+        .await
+    }
+
+    async fn start_with_cluster(
+        cluster: impl std::future::Future<Output = Result<PgCluster>>,
+        receiver_extra: &str,
+        receiver_env: &[(&str, &str)],
+    ) -> Result<Stack> {
         let dir = tempfile::tempdir()?;
-        let (pg, s3) = tokio::try_join!(PgCluster::start(), S3Server::start())?;
+        let (pg, s3) = tokio::try_join!(cluster, S3Server::start())?;
         pg.create_db(DATABASE).await?;
         seed_database(&pg).await?;
         s3.create_bucket(BUCKET).await?;
@@ -243,13 +265,26 @@ impl Stack {
 
     /// Runs `backup-sender run --json`.
     pub fn run_sender(&self) -> SenderRun {
+        self.sender(&["run", "--json"])
+    }
+
+    /// Runs `backup-sender <args> --config <sender.toml>`.
+    pub fn sender(&self, args: &[&str]) -> SenderRun {
         let out = Command::new(bin("backup-sender"))
-            .args(["run", "--json", "--config"])
+            .args(args)
+            .arg("--config")
             .arg(&self.sender_config)
             .env("RUST_LOG", "warn")
             .output()
             .expect("run backup-sender");
         SenderRun { output: out }
+    }
+
+    /// Rewrites `sender.toml` through `edit` (for keys the generator does not cover).
+    pub fn edit_sender_config(&self, edit: impl FnOnce(String) -> String) -> Result<()> {
+        let text = std::fs::read_to_string(&self.sender_config)?;
+        std::fs::write(&self.sender_config, edit(text))?;
+        Ok(())
     }
 
     /// Snapshot rows as `backup-receiver snapshots --json` prints them.

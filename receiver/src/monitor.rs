@@ -1,0 +1,601 @@
+//! The receiver's own monitoring, independent of the sender's: a lying or silent sender
+//! cannot fake it. It sends a success ping (healthchecks.io protocol) after each committed
+//! snapshot, and a fail ping when no snapshot was committed within `missed_window`
+//! (receiver clock), when free space falls under `min_free_bytes_alert`, when a snapshot
+//! is flagged suspect, and when verification finds damage. It also serves Prometheus
+//! metrics (text exposition) on a local address.
+//!
+//! It only reads the repository. Hooks called from request handlers ([`Monitor::snapshot_committed`],
+//! [`Monitor::rejected`], [`Monitor::verify_finished`]) never block or fail: pings are
+//! queued to the background task that [`Monitor::run`] drives, and its owner (the server)
+//! aborts it at shutdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use backup_common::config::MonitoringConfig;
+use backup_common::manifest::Manifest;
+use backup_common::ping::{Pinger, Signal};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::Full;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::repository::Repository;
+
+/// A scrape connection is served for at most this long.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+struct LastSnapshot {
+    id: String,
+    time: DateTime<Utc>,
+    total_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    last_snapshot: Option<LastSnapshot>,
+    snapshot_ids: Vec<String>,
+    /// Source bytes of all kept snapshots (what a restore of each would produce).
+    logical_bytes: u64,
+    chunks: u64,
+    stored_bytes: u64,
+    free_bytes: Option<u64>,
+    rejected: BTreeMap<String, u64>,
+    last_verify: Option<(DateTime<Utc>, bool)>,
+    /// Conditions alerting right now, kind → message.
+    active: BTreeMap<&'static str, String>,
+    /// Conditions a fail ping went out for since the last success ping.
+    reported: BTreeSet<&'static str>,
+}
+
+/// What the repository holds, read off disk.
+struct RepoStats {
+    snapshot_ids: Vec<String>,
+    manifests: Option<Vec<Manifest>>,
+    chunks: u64,
+    stored_bytes: u64,
+    free_bytes: Option<u64>,
+}
+
+pub struct Monitor {
+    config: MonitoringConfig,
+    repo: Repository,
+    clock: Clock,
+    pinger: Option<Pinger>,
+    /// When this process started watching: the missed window of an empty repository
+    /// counts from here.
+    started: DateTime<Utc>,
+    state: Mutex<State>,
+    pings: mpsc::UnboundedSender<(Signal, String)>,
+    queue: Mutex<Option<mpsc::UnboundedReceiver<(Signal, String)>>>,
+}
+
+impl Monitor {
+    pub fn new(config: &MonitoringConfig, repo: Repository, clock: Clock) -> Arc<Monitor> {
+        let pinger = config.healthcheck_url.as_ref().and_then(|url| {
+            Pinger::new(url, config.ping_timeout.0, config.ping_retries)
+                .map_err(|e| tracing::error!(error = %e, "cannot set up healthcheck pings"))
+                .ok()
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let started = clock();
+        Arc::new(Monitor {
+            config: config.clone(),
+            repo,
+            clock,
+            pinger,
+            started,
+            state: Mutex::new(State::default()),
+            pings: tx,
+            queue: Mutex::new(Some(rx)),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ping(&self, signal: Signal, body: String) {
+        if self.pinger.is_some() {
+            let _ = self.pings.send((signal, body));
+        }
+    }
+
+    /// A snapshot was published: success ping, or a fail ping if it is suspect.
+    pub fn snapshot_committed(&self, m: &Manifest) {
+        let mut st = self.state();
+        st.last_snapshot = Some(LastSnapshot {
+            id: m.id.clone(),
+            time: m.time,
+            total_bytes: m.total_bytes(),
+        });
+        if !st.snapshot_ids.contains(&m.id) {
+            st.snapshot_ids.push(m.id.clone());
+            st.logical_bytes += m.total_bytes();
+        }
+        st.active.remove("missed_window");
+        match &m.suspect {
+            Some(reason) => {
+                tracing::warn!(snapshot = %m.id, reason = %reason, "alert: suspect snapshot");
+                self.ping(
+                    Signal::Fail,
+                    format!(
+                        "receiver: snapshot {} committed but flagged SUSPECT: {reason}\n",
+                        m.id
+                    ),
+                );
+            }
+            None => {
+                // healthchecks.io marks the check up again: conditions still present
+                // are reported afresh by the next check.
+                st.reported.clear();
+                self.ping(
+                    Signal::Success,
+                    format!(
+                        "receiver: snapshot {} committed at {}: {} objects, {} dump bytes, \
+                         {} bytes total, {} new bytes stored\n",
+                        m.id,
+                        m.time.to_rfc3339(),
+                        m.stats.object_count,
+                        m.stats.dump_bytes,
+                        m.total_bytes(),
+                        m.stats.new_bytes
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A request was refused or rejected; `reason` labels the metric.
+    pub fn rejected(&self, reason: &str) {
+        *self.state().rejected.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Verification finished; `damage` describes what was found, if anything. Damage
+    /// sends a fail ping at once.
+    pub fn verify_finished(&self, damage: Option<&str>) {
+        let now = (self.clock)();
+        self.state().last_verify = Some((now, damage.is_none()));
+        if let Some(d) = damage {
+            tracing::error!(damage = %d, "alert: verification found damage");
+            self.ping(
+                Signal::Fail,
+                format!("receiver: verification found damage: {d}\n"),
+            );
+        }
+    }
+
+    fn read_repo(repo: &Repository, known: &[String]) -> RepoStats {
+        let snapshot_ids = repo.snapshot_ids().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "monitor: cannot list snapshots");
+            known.to_vec()
+        });
+        // Manifests are read again only when the set of snapshots changed.
+        let manifests = (snapshot_ids != known)
+            .then(|| repo.manifests().ok())
+            .flatten();
+        let (mut chunks, mut stored_bytes) = (0, 0);
+        if let Ok(dirs) = std::fs::read_dir(repo.chunks_dir()) {
+            for dir in dirs.flatten() {
+                for f in std::fs::read_dir(dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Ok(md) = f.metadata() {
+                        if md.is_file() {
+                            chunks += 1;
+                            stored_bytes += md.len();
+                        }
+                    }
+                }
+            }
+        }
+        let free_bytes = backup_common::disk::free_bytes(repo.root())
+            .map_err(|e| tracing::warn!(error = %e, "monitor: statvfs failed"))
+            .ok();
+        RepoStats {
+            snapshot_ids,
+            manifests,
+            chunks,
+            stored_bytes,
+            free_bytes,
+        }
+    }
+
+    /// Refreshes what the repository holds and evaluates the standing conditions (missed
+    /// window, free space), sending a fail ping when one newly holds.
+    pub async fn check(&self) {
+        let known = self.state().snapshot_ids.clone();
+        let repo = self.repo.clone();
+        let Ok(stats) = tokio::task::spawn_blocking(move || Self::read_repo(&repo, &known)).await
+        else {
+            return;
+        };
+        let now = (self.clock)();
+        let mut st = self.state();
+        st.snapshot_ids = stats.snapshot_ids;
+        if let Some(ms) = stats.manifests {
+            st.logical_bytes = ms.iter().map(Manifest::total_bytes).sum();
+            if let Some(m) = ms.iter().max_by_key(|m| m.time) {
+                st.last_snapshot = Some(LastSnapshot {
+                    id: m.id.clone(),
+                    time: m.time,
+                    total_bytes: m.total_bytes(),
+                });
+            }
+        }
+        st.chunks = stats.chunks;
+        st.stored_bytes = stats.stored_bytes;
+        st.free_bytes = stats.free_bytes;
+
+        let mut active = BTreeMap::new();
+        let since = st.last_snapshot.as_ref().map_or(self.started, |s| s.time);
+        let window = self.config.missed_window.0;
+        if now
+            .signed_duration_since(since)
+            .to_std()
+            .unwrap_or_default()
+            > window
+        {
+            let what = match &st.last_snapshot {
+                Some(s) => format!(
+                    "the last snapshot ({}) was committed at {}",
+                    s.id,
+                    s.time.to_rfc3339()
+                ),
+                None => format!(
+                    "no snapshot at all since the receiver started at {}",
+                    self.started.to_rfc3339()
+                ),
+            };
+            active.insert(
+                "missed_window",
+                format!(
+                    "no snapshot committed within monitoring.missed_window ({}): {what}; receiver clock now {}",
+                    humantime::format_duration(window),
+                    now.to_rfc3339()
+                ),
+            );
+        }
+        if let Some(free) = st.free_bytes {
+            let min = self.config.min_free_bytes_alert;
+            if free < min {
+                active.insert(
+                    "low_free_space",
+                    format!(
+                        "only {free} bytes free on the repository's file system ({}); \
+                         monitoring.min_free_bytes_alert is {min}",
+                        self.repo.root().display()
+                    ),
+                );
+            }
+        }
+        let fresh: Vec<&'static str> = active
+            .keys()
+            .filter(|k| !st.reported.contains(*k))
+            .copied()
+            .collect();
+        st.reported.retain(|k| active.contains_key(k));
+        if !fresh.is_empty() {
+            for k in &fresh {
+                tracing::error!(alert = k, message = %active[k], "alert");
+            }
+            st.reported.extend(fresh);
+            let body: String = active
+                .values()
+                .map(|m| format!("receiver: {m}\n"))
+                .collect();
+            self.ping(Signal::Fail, body);
+        }
+        st.active = active;
+    }
+
+    /// Binds the metrics address, if one is configured; fails at start-up, not later.
+    pub async fn bind_metrics(&self) -> anyhow::Result<Option<TcpListener>> {
+        match self.config.metrics_listen {
+            None => Ok(None),
+            Some(addr) => TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .with_context(|| format!("monitoring.metrics_listen: cannot bind {addr}")),
+        }
+    }
+
+    /// The background work: periodic checks, queued pings, and the metrics endpoint.
+    /// Runs until dropped (the server aborts it when it stops).
+    pub async fn run(self: Arc<Self>, metrics: Option<TcpListener>) {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let checks = async {
+            let mut tick = tokio::time::interval(self.config.check_interval.0);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                self.check().await;
+            }
+        };
+        let pings = async {
+            let (Some(mut queue), Some(pinger)) = (queue, self.pinger.clone()) else {
+                return std::future::pending().await;
+            };
+            while let Some((signal, body)) = queue.recv().await {
+                pinger.send(signal, &body).await;
+            }
+        };
+        let scrapes = async {
+            match metrics {
+                Some(listener) => self.serve_metrics(listener).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::join!(checks, pings, scrapes);
+    }
+
+    /// One connection at a time, each bounded: a scraper cannot pile up tasks.
+    async fn serve_metrics(&self, listener: TcpListener) {
+        use hyper::{Request, Response, StatusCode};
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
+                let resp = if req.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                        .body(Full::new(Bytes::from(self.metrics())))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                };
+                async move { Ok::<_, Infallible>(resp.expect("static response")) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, conn).await;
+        }
+    }
+
+    /// The metrics in Prometheus text exposition format.
+    pub fn metrics(&self) -> String {
+        let st = self.state();
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        if let Some(s) = &st.last_snapshot {
+            gauge(
+                "backup_receiver_last_snapshot_timestamp_seconds",
+                "Commit time (receiver clock) of the newest snapshot.",
+                s.time.timestamp().to_string(),
+            );
+            gauge(
+                "backup_receiver_last_snapshot_bytes",
+                "Source bytes (dump plus objects) of the newest snapshot.",
+                s.total_bytes.to_string(),
+            );
+        }
+        gauge(
+            "backup_receiver_snapshots",
+            "Snapshots kept in the repository.",
+            st.snapshot_ids.len().to_string(),
+        );
+        gauge(
+            "backup_receiver_stored_bytes",
+            "Bytes of chunk files in the repository.",
+            st.stored_bytes.to_string(),
+        );
+        gauge(
+            "backup_receiver_chunks",
+            "Chunk files in the repository.",
+            st.chunks.to_string(),
+        );
+        gauge(
+            "backup_receiver_logical_bytes",
+            "Source bytes of all kept snapshots together.",
+            st.logical_bytes.to_string(),
+        );
+        let ratio = if st.stored_bytes == 0 {
+            0.0
+        } else {
+            st.logical_bytes as f64 / st.stored_bytes as f64
+        };
+        gauge(
+            "backup_receiver_dedup_ratio",
+            "Logical bytes of all kept snapshots per stored byte.",
+            format!("{ratio:.4}"),
+        );
+        if let Some(free) = st.free_bytes {
+            gauge(
+                "backup_receiver_free_bytes",
+                "Free bytes on the repository's file system.",
+                free.to_string(),
+            );
+        }
+        if let Some((time, ok)) = st.last_verify {
+            gauge(
+                "backup_receiver_last_verify_success",
+                "1 if the last verification found no damage, else 0.",
+                u8::from(ok).to_string(),
+            );
+            gauge(
+                "backup_receiver_last_verify_timestamp_seconds",
+                "When the last verification finished (receiver clock).",
+                time.timestamp().to_string(),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP backup_receiver_rejected_requests_total Requests refused or rejected, by reason.\n\
+             # TYPE backup_receiver_rejected_requests_total counter"
+        );
+        for (reason, n) in &st.rejected {
+            let _ = writeln!(
+                out,
+                "backup_receiver_rejected_requests_total{{reason=\"{}\"}} {n}",
+                reason.replace(['\\', '"', '\n'], "_")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP backup_receiver_alert Conditions alerting now (1), by kind.\n\
+             # TYPE backup_receiver_alert gauge"
+        );
+        for kind in ["missed_window", "low_free_space"] {
+            let _ = writeln!(
+                out,
+                "backup_receiver_alert{{kind=\"{kind}\"}} {}",
+                u8::from(st.active.contains_key(kind))
+            );
+        }
+        out
+    }
+}
+
+/// Reports verification damage from a process that runs no [`Monitor`] (the CLI's
+/// `verify`): one fail ping to the configured check, if any.
+pub async fn report_verify_damage(config: &MonitoringConfig, damage: &str) {
+    if let Some(url) = &config.healthcheck_url {
+        match Pinger::new(url, config.ping_timeout.0, config.ping_retries) {
+            Ok(p) => {
+                p.send(
+                    Signal::Fail,
+                    &format!("receiver: verification found damage: {damage}\n"),
+                )
+                .await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot set up healthcheck pings"),
+        }
+    }
+}
+
+/// The label a rejected request's status code gets in the metrics.
+pub fn code_label(code: tonic::Code) -> String {
+    let name = format!("{code:?}");
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use backup_common::manifest::{SnapshotStats, FORMAT_VERSION};
+
+    fn manifest(id: &str, time: DateTime<Utc>, suspect: Option<&str>) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            id: id.into(),
+            time,
+            sender_time: None,
+            source_host: "vps".into(),
+            peer_identity: "prod-vps".into(),
+            bucket: "b".into(),
+            dump: None,
+            objects: Vec::new(),
+            stats: SnapshotStats::default(),
+            suspect: suspect.map(str::to_string),
+        }
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<(Signal, String)>) -> Vec<(Signal, String)> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test]
+    async fn alerts_are_sent_once_per_onset_and_again_after_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_init(&dir.path().join("repo")).unwrap();
+        let now = Arc::new(Mutex::new(
+            DateTime::parse_from_rfc3339("2026-03-01T02:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        ));
+        let t = now.clone();
+        let clock: Clock = Arc::new(move || *t.lock().unwrap());
+        let config = MonitoringConfig {
+            healthcheck_url: Some("http://127.0.0.1:9/check".into()),
+            min_free_bytes_alert: u64::MAX,
+            ..MonitoringConfig::default()
+        };
+        let m = Monitor::new(&config, repo, clock);
+        let mut rx = m.queue.lock().unwrap().take().unwrap();
+
+        m.check().await;
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, Signal::Fail);
+        assert!(sent[0].1.contains("min_free_bytes_alert"), "{}", sent[0].1);
+        m.check().await;
+        assert!(
+            drain(&mut rx).is_empty(),
+            "a standing condition is reported once"
+        );
+
+        let t0 = *now.lock().unwrap();
+        m.snapshot_committed(&manifest("s1", t0, None));
+        m.check().await;
+        let sent = drain(&mut rx);
+        let signals: Vec<Signal> = sent.iter().map(|(s, _)| *s).collect();
+        assert_eq!(signals, [Signal::Success, Signal::Fail], "{sent:?}");
+
+        m.snapshot_committed(&manifest("s2", t0, Some("rows vanished")));
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, Signal::Fail);
+        assert!(
+            sent[0].1.contains("SUSPECT: rows vanished"),
+            "{}",
+            sent[0].1
+        );
+
+        m.verify_finished(Some("chunk ab12… hash mismatch"));
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert!(
+            sent[0].1.contains("verification found damage"),
+            "{}",
+            sent[0].1
+        );
+        assert!(m
+            .metrics()
+            .contains("backup_receiver_last_verify_success 0\n"));
+
+        *now.lock().unwrap() = t0 + chrono::Duration::hours(27);
+        m.check().await;
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.contains("missed_window"), "{}", sent[0].1);
+        assert!(m
+            .metrics()
+            .contains("backup_receiver_alert{kind=\"missed_window\"} 1\n"));
+    }
+
+    #[test]
+    fn code_labels_are_snake_case() {
+        assert_eq!(
+            code_label(tonic::Code::ResourceExhausted),
+            "resource_exhausted"
+        );
+        assert_eq!(code_label(tonic::Code::Internal), "internal");
+    }
+}
