@@ -6,8 +6,14 @@
 pub mod admission;
 pub mod audit;
 pub mod clock;
+pub mod gc;
+pub mod prune;
 pub mod repository;
 pub mod restore;
+pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod snapshots;
+pub mod testhook;
+pub mod trash;
+pub mod verify;

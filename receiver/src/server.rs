@@ -37,7 +37,18 @@ pub async fn serve_on(
     let repo = Repository::open_or_init(&config.repo)
         .with_context(|| format!("repo: cannot open or create {}", config.repo.display()))?;
     let tls = tls_config(&config)?;
-    let service = Arc::new(BackupService::new(repo, config.clone(), clock));
+    let service = Arc::new(BackupService::new(
+        repo.clone(),
+        config.clone(),
+        clock.clone(),
+    ));
+    let sessions = service.clone();
+    let _maintenance = crate::schedule::spawn(
+        repo,
+        config.retention.clone(),
+        clock,
+        Arc::new(move || sessions.oldest_session_start()),
+    );
     let svc = BackupServer::from_arc(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

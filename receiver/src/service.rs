@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use backup_common::chunk::{self, ChunkId, MAX_CHUNK};
 use backup_common::config::ReceiverConfig;
@@ -36,6 +36,8 @@ struct Session {
     peer_identity: String,
     source_host: String,
     sender_time: Option<DateTime<Utc>>,
+    /// Receiver clock at BeginSession: garbage collection's cut-off stays before it.
+    started: DateTime<Utc>,
     last_seen: Instant,
     new_chunks: u64,
     new_bytes: u64,
@@ -107,6 +109,13 @@ impl BackupService {
             }),
         );
         status
+    }
+
+    /// When the oldest open upload session began (receiver clock), for garbage collection.
+    pub fn oldest_session_start(&self) -> Option<DateTime<Utc>> {
+        self.reap_idle();
+        let sessions = self.sessions.lock().unwrap();
+        sessions.values().map(|s| s.started).min()
     }
 
     /// Drops sessions idle longer than the configured timeout.
@@ -328,6 +337,7 @@ impl BackupService {
         }
         let base = Self::snapshot_id_base(now);
         let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, RepoError> {
+            crate::testhook::pause(crate::testhook::COMMIT_BEFORE_PUBLISH);
             for n in 0..100 {
                 manifest.id = if n == 0 {
                     base.clone()
@@ -378,7 +388,11 @@ impl BackupService {
     }
 
     /// Verifies one uploaded chunk and stores it write-once. Returns stored bytes when new.
-    fn store_chunk(repo: &Repository, up: &proto::ChunkUpload) -> Result<Option<u64>, Status> {
+    fn store_chunk(
+        repo: &Repository,
+        up: &proto::ChunkUpload,
+        now: SystemTime,
+    ) -> Result<Option<u64>, Status> {
         let id =
             ChunkId::from_slice(&up.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if up.raw_len == 0 || up.raw_len > MAX_CHUNK {
@@ -391,11 +405,11 @@ impl BackupService {
         // and must be reported, not silently dropped.
         chunk::open_chunk(id, up.zstd, &up.data, up.raw_len as usize)
             .map_err(|e| Status::invalid_argument(format!("chunk rejected: {e}")))?;
-        if repo.has_chunk(&id) {
+        if repo.touch_chunk(&id, now) {
             return Ok(None);
         }
         match repo
-            .put_chunk(&id, up.zstd, &up.data)
+            .put_chunk_at(&id, up.zstd, &up.data, now)
             .map_err(repo_status)?
         {
             Published::Created => Ok(Some(up.data.len() as u64 + 1)),
@@ -436,6 +450,7 @@ impl Backup for BackupService {
                     peer_identity: peer.identity.clone(),
                     source_host: req.source_host.chars().take(255).collect(),
                     sender_time: DateTime::from_timestamp(req.sender_time_unix, 0),
+                    started: now,
                     last_seen: Instant::now(),
                     new_chunks: 0,
                     new_bytes: 0,
@@ -465,10 +480,20 @@ impl Backup for BackupService {
         let peer = self.admit(&request, "PreviousObjects")?;
         self.touch(&peer, &request.get_ref().session_id)?;
         let repo = self.repo.clone();
-        let latest = tokio::task::spawn_blocking(move || repo.latest_good())
-            .await
-            .map_err(join_status)?
-            .map_err(repo_status)?;
+        // Objects with a chunk that is missing or quarantined are left out, so the sender
+        // reads them again from the source and the chunk heals.
+        let latest = tokio::task::spawn_blocking(move || {
+            repo.latest_good().map(|m| {
+                m.map(|mut m| {
+                    m.objects
+                        .retain(|o| o.chunks.iter().all(|c| repo.has_chunk(&c.id)));
+                    m
+                })
+            })
+        })
+        .await
+        .map_err(join_status)?
+        .map_err(repo_status)?;
         let batches: Vec<Result<proto::ObjectBatch, Status>> = match latest {
             None => Vec::new(),
             Some(m) => m
@@ -512,9 +537,11 @@ impl Backup for BackupService {
                 )
             })?;
         let repo = self.repo.clone();
+        // A present chunk is touched: this session relies on it, so GC must not take it.
+        let now = SystemTime::from((self.clock)());
         let missing = tokio::task::spawn_blocking(move || {
             ids.into_iter()
-                .filter(|id| !repo.has_chunk(id))
+                .filter(|id| !repo.touch_chunk(id, now))
                 .map(|id| id.0.to_vec())
                 .collect()
         })
@@ -535,7 +562,8 @@ impl Backup for BackupService {
             self.touch(&peer, &up.session_id)?;
             let repo = self.repo.clone();
             let session_id = up.session_id.clone();
-            let stored = tokio::task::spawn_blocking(move || Self::store_chunk(&repo, &up))
+            let now = SystemTime::from((self.clock)());
+            let stored = tokio::task::spawn_blocking(move || Self::store_chunk(&repo, &up, now))
                 .await
                 .map_err(join_status)?
                 .map_err(|s| self.reject(&peer, "PutChunks", s))?;
