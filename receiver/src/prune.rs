@@ -163,18 +163,24 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
-/// Reads every snapshot's retention facts from the repository.
+/// Reads every snapshot's retention facts from the repository. A manifest that vanishes
+/// while we read (a concurrent prune moved it) is skipped; any other error stops.
 pub fn candidates(repo: &Repository) -> Result<Vec<Candidate>, RepoError> {
-    Ok(repo
-        .manifests()?
-        .into_iter()
-        .map(|m| Candidate {
+    let mut out = Vec::new();
+    for id in repo.snapshot_ids()? {
+        let m = match repo.load_manifest(&id) {
+            Ok(m) => m,
+            Err(RepoError::NoSuchSnapshot(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        out.push(Candidate {
             unacknowledged_suspect: m.suspect.is_some() && !repo.is_acknowledged(&m.id),
             held: trash::is_held(repo, &m.id),
             id: m.id,
             time: m.time,
-        })
-        .collect())
+        });
+    }
+    Ok(out)
 }
 
 /// Applies the policy at `now` (receiver clock): moves unkept manifests to the trash, then

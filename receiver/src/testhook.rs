@@ -1,6 +1,7 @@
-//! Pause points for crash tests. `BACKUP_RECEIVER_TEST_PAUSE=<point>=<file>` makes the
-//! process create `<file>` when it reaches `<point>` and then stop there until it is
-//! killed, so a test can SIGKILL it at an exact step. Like the fake clock, the variable is
+//! Pause points for crash tests. With `BACKUP_RECEIVER_TEST_PAUSE=<point>=<file>`, a
+//! process that reaches `<point>` while `<file>` exists (the test "arms" it) removes
+//! `<file>`, creates `<file>.paused` and stops there until it is killed, so a test can
+//! SIGKILL it at an exact step; a restarted process does not pause again. Like the fake clock, the variable is
 //! set only by whoever starts the receiver (tests), never by anything from the network;
 //! when it is unset every pause is a no-op.
 

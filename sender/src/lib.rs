@@ -7,4 +7,5 @@ pub mod database;
 pub mod local_dumps;
 pub mod objects;
 pub mod run;
+pub mod session;
 pub mod upload;
