@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -155,11 +156,15 @@ pub fn collect(
             durable::sync_dir(&dir).map_err(io_err(&dir))?;
         }
     }
+    // Staging files carry the receiver clock's mtime, so their age is read from the
+    // ctime, which only the kernel sets.
     let tmp = repo.tmp_dir();
     for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
         let entry = entry.map_err(io_err(&tmp))?;
         let path = entry.path();
-        if path.is_file() && mtime(&path).is_ok_and(|t| t < tmp_cutoff) {
+        let changed = fs::metadata(&path)
+            .map(|m| SystemTime::UNIX_EPOCH + Duration::from_secs(m.ctime().max(0) as u64));
+        if path.is_file() && changed.is_ok_and(|t| t < tmp_cutoff) {
             if !dry_run {
                 let _ = fs::remove_file(&path);
             }

@@ -73,9 +73,15 @@ pub fn move_to_trash(
     let from = repo.snapshots_dir().join(format!("{id}.json"));
     let to = trash.join(entry_name(id, now));
     if to.exists() {
+        // A concurrent prune (the CLI and `serve`'s schedule) moved it this very second.
+        let kind = if from.exists() {
+            io::ErrorKind::AlreadyExists
+        } else {
+            io::ErrorKind::NotFound
+        };
         return Err(RepoError::Io {
             path: to,
-            source: io::Error::from(io::ErrorKind::AlreadyExists),
+            source: io::Error::from(kind),
         });
     }
     fs::rename(&from, &to).map_err(io_err(&from))?;
