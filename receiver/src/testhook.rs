@@ -1,9 +1,9 @@
 //! Pause points for crash tests. With `BACKUP_RECEIVER_TEST_PAUSE=<point>=<file>`, a
 //! process that reaches `<point>` while `<file>` exists (the test "arms" it) removes
 //! `<file>`, creates `<file>.paused` and stops there until it is killed, so a test can
-//! SIGKILL it at an exact step; a restarted process does not pause again. Like the fake clock, the variable is
-//! set only by whoever starts the receiver (tests), never by anything from the network;
-//! when it is unset every pause is a no-op.
+//! SIGKILL it at an exact step; a restarted process does not pause again. Like the fake
+//! clock, the variable is set only by whoever starts the receiver (tests), never by
+//! anything from the network; when it is unset every pause is a no-op.
 
 use std::time::Duration;
 
@@ -25,14 +25,14 @@ pub fn pause(point: &str) {
     let Some((want, file)) = spec.split_once('=') else {
         return;
     };
-    if want != point {
+    if want != point || std::fs::remove_file(file).is_err() {
         return;
     }
     tracing::warn!(
         point,
         "paused by {PAUSE_ENV} (tests only); waiting to be killed"
     );
-    let _ = std::fs::write(file, point);
+    let _ = std::fs::write(format!("{file}.paused"), point);
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
