@@ -279,7 +279,7 @@ pub struct ReceiverConfig {
     #[serde(default)]
     pub guard: Guard,
     #[serde(default)]
-    pub retention: Policy,
+    pub retention: RetentionConfig,
     #[serde(default)]
     pub drill: DrillConfig,
     #[serde(default)]
@@ -334,6 +334,73 @@ impl Default for MonitoringConfig {
             metrics_listen: None,
         }
     }
+}
+
+/// `[retention]` on the receiver: the keep-rules plus the schedule and grace periods of
+/// prune, trash and garbage collection. All times are the receiver's own.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default)]
+    pub keep_last: u32,
+    #[serde(default = "default_keep_daily")]
+    pub keep_daily: u32,
+    #[serde(default = "default_keep_weekly")]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    /// Calendar days and weeks are counted in this zone.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: chrono_tz::Tz,
+    /// How often `serve` runs prune and garbage collection; `"0s"` turns the schedule off.
+    #[serde(default = "default_retention_interval")]
+    pub interval: HumanDuration,
+    /// How long a pruned manifest stays in `trash/` (and can be undeleted).
+    #[serde(default = "default_trash_grace")]
+    pub trash_grace: HumanDuration,
+    /// Unreferenced chunks younger than this are left alone (open or abandoned uploads).
+    #[serde(default = "default_gc_grace")]
+    pub gc_grace: HumanDuration,
+}
+
+impl RetentionConfig {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            keep_last: self.keep_last,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let p = Policy::default();
+        RetentionConfig {
+            keep_last: p.keep_last,
+            keep_daily: p.keep_daily,
+            keep_weekly: p.keep_weekly,
+            keep_monthly: p.keep_monthly,
+            time_zone: default_time_zone(),
+            interval: default_retention_interval(),
+            trash_grace: default_trash_grace(),
+            gc_grace: default_gc_grace(),
+        }
+    }
+}
+
+fn default_time_zone() -> chrono_tz::Tz {
+    chrono_tz::Europe::Berlin
+}
+fn default_retention_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+fn default_trash_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 86400))
+}
+fn default_gc_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(48 * 3600))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -706,7 +773,9 @@ allowed_networks = ["100.64.0.0/10"]
     fn receiver_defaults_apply() {
         let f = write(RECEIVER);
         let c = ReceiverConfig::load(f.path()).unwrap();
-        assert_eq!(c.retention, Policy::default());
+        assert_eq!(c.retention.policy(), Policy::default());
+        assert_eq!(c.retention.time_zone, chrono_tz::Europe::Berlin);
+        assert_eq!(c.retention.trash_grace.0, Duration::from_secs(7 * 86400));
         assert_eq!(c.limits.max_snapshots_per_day, 3);
         assert!(c.admission.allowed_networks[0]
             .contains(&"100.100.1.1".parse::<std::net::IpAddr>().unwrap()));
@@ -723,6 +792,11 @@ allowed_networks = ["100.64.0.0/10"]
         let f = write(&RECEIVER.replace("repo =", "repository ="));
         let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
         assert!(e.contains("repository"), "{e}");
+        let f = write(&format!(
+            "{RECEIVER}[retention]\ntime_zone = \"Europe/Nowhere\"\n"
+        ));
+        let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("time_zone"), "{e}");
         let f = write(&RECEIVER.replace("100.64.0.0/10", "100.64.0.0/99"));
         let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
         assert!(e.contains("allowed_networks"), "{e}");

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use backup_common::config::{read_secret, ReceiverConfig};
+use backup_common::config::{read_secret, ReceiverConfig, RetentionConfig};
 use backup_common::tls::{init_certs, CertSpec};
 use backup_receiver::audit::AuditLog;
 use backup_receiver::repository::Repository;
 use backup_receiver::snapshots::{self, SnapshotRow};
-use backup_receiver::{clock, drill, guard, restore, server};
+use backup_receiver::{clock, drill, gc, guard, prune, restore, server, trash, verify};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -44,6 +44,47 @@ enum Command {
     /// Restore drill: restore a snapshot into a sandbox and check it (row counts, sanity
     /// queries, every object's hash). Exit 0 only when everything matched.
     Drill(DrillArgs),
+    /// Apply the retention policy: move snapshots it does not keep to the trash, and
+    /// remove trash entries whose grace period has passed. Uses the receiver's clock.
+    Prune {
+        #[command(flatten)]
+        target: RepoTarget,
+        /// Print every snapshot with the reasons it is kept, or "would prune"; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Bring a pruned snapshot back from the trash (during its grace period) and hold it
+    /// against later prunes (remove REPO/holds/<id>.json to release it).
+    Undelete {
+        snapshot: String,
+        #[arg(long)]
+        repo: PathBuf,
+    },
+    /// Remove chunks that no snapshot (kept or in the trash) references and that are older
+    /// than retention.gc_grace. Takes no lock; safe while backups run.
+    Gc {
+        #[command(flatten)]
+        target: RepoTarget,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check that every chunk the snapshots reference exists (and with --read-data, that
+    /// it decompresses and re-hashes correctly). Corrupt chunks are moved to
+    /// REPO/quarantine so the next nightly run uploads them again.
+    /// Exit code 3 when damage was found.
+    Verify {
+        #[arg(long)]
+        repo: PathBuf,
+        /// Re-read and re-hash every chunk.
+        #[arg(long, conflicts_with = "read_data_subset")]
+        read_data: bool,
+        /// Re-read the slice N of M (e.g. 3/7): scrubs the whole store over M runs.
+        #[arg(long, value_name = "N/M", value_parser = verify::ReadData::parse_subset)]
+        read_data_subset: Option<verify::ReadData>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Certificate set-up.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -62,6 +103,39 @@ enum Command {
         operator: Option<String>,
     },
 }
+
+/// The repository a maintenance command works on, and where its policy comes from.
+#[derive(Args)]
+struct RepoTarget {
+    /// The repository (defaults to `repo` in --config).
+    #[arg(long)]
+    repo: Option<PathBuf>,
+    /// receiver.toml whose [retention] section applies (defaults otherwise).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl RepoTarget {
+    fn open(&self) -> anyhow::Result<(Repository, RetentionConfig)> {
+        let config = self
+            .config
+            .as_deref()
+            .map(ReceiverConfig::load)
+            .transpose()?;
+        let repo = match (&self.repo, &config) {
+            (Some(r), _) => r.clone(),
+            (None, Some(c)) => c.repo.clone(),
+            (None, None) => anyhow::bail!("give --repo or --config"),
+        };
+        let retention = config.map(|c| c.retention).unwrap_or_default();
+        Ok((Repository::open(&repo)?, retention))
+    }
+}
+
+/// Verification found damage: exit code 3.
+#[derive(Debug, thiserror::Error)]
+#[error("verification found {0} damaged chunk(s)")]
+struct DamageFound(usize);
 
 #[derive(Args)]
 struct RestoreArgs {
@@ -207,6 +281,100 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 guard::ack_path(&repo, &ack.snapshot).display()
             );
             Ok(())
+        }
+        Command::Prune { target, dry_run } => {
+            let (repo, cfg) = target.open()?;
+            let now = clock::from_env()();
+            let report =
+                tokio::task::spawn_blocking(move || prune::prune(&repo, &cfg, now, dry_run))
+                    .await??;
+            for d in &report.decisions {
+                if dry_run || d.kept() {
+                    println!("{d}");
+                } else {
+                    println!(
+                        "{:<22} {:<26} pruned (moved to the trash)",
+                        d.id, d.local_time
+                    );
+                }
+            }
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for id in &report.purged {
+                println!("trash: {verb} {id} (grace period over)");
+            }
+            Ok(())
+        }
+        Command::Undelete { snapshot, repo } => {
+            let repo = Repository::open(&repo)?;
+            let entry = trash::undelete(&repo, &snapshot)?;
+            println!(
+                "snapshot {} is back (pruned at {}) and held against prune",
+                entry.id,
+                entry.pruned_at.to_rfc3339()
+            );
+            Ok(())
+        }
+        Command::Gc { target, dry_run } => {
+            let (repo, cfg) = target.open()?;
+            let now = clock::from_env()();
+            let cut = gc::cutoff(now, cfg.gc_grace.0, None);
+            let tmp_cut = std::time::SystemTime::now()
+                .checked_sub(cfg.gc_grace.0)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let r = tokio::task::spawn_blocking(move || gc::collect(&repo, cut, tmp_cut, dry_run))
+                .await??;
+            let verb = if dry_run { "would free" } else { "freed" };
+            println!(
+                "{} manifests reference {} chunks; {} chunks seen; {verb} {} chunks ({}); {} unreferenced chunks are younger than the grace period",
+                r.manifests,
+                r.referenced_chunks,
+                r.chunks_seen,
+                r.removed_chunks,
+                snapshots::human_bytes(r.removed_bytes),
+                r.young_unreferenced
+            );
+            Ok(())
+        }
+        Command::Verify {
+            repo,
+            read_data,
+            read_data_subset,
+            json,
+        } => {
+            let repo = Repository::open(&repo)?;
+            let read = match (read_data, read_data_subset) {
+                (true, _) => verify::ReadData::All,
+                (false, Some(subset)) => subset,
+                (false, None) => verify::ReadData::None,
+            };
+            let r =
+                tokio::task::spawn_blocking(move || verify::verify(&repo, read, true)).await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} snapshots, {} chunks referenced, {} read back ({}), {} damaged",
+                    r.snapshots,
+                    r.chunks,
+                    r.chunks_read,
+                    snapshots::human_bytes(r.bytes_read),
+                    r.damage.len()
+                );
+                for d in &r.damage {
+                    println!("{:?} chunk {}: {}", d.problem, d.chunk, d.detail);
+                    if let Some(q) = &d.quarantined {
+                        println!("  moved to {}", q.display());
+                    }
+                    for a in &d.affected {
+                        println!("  affects snapshot {} {}", a.snapshot, a.item);
+                    }
+                }
+            }
+            if r.ok() {
+                Ok(())
+            } else {
+                Err(DamageFound(r.damage.len()).into())
+            }
         }
         Command::Certs(CertsCommand::Init {
             out,
@@ -366,7 +534,11 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", backup_common::error_chain(e.as_ref()));
-            ExitCode::FAILURE
+            if e.is::<DamageFound>() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -9,12 +9,17 @@
 //! REPO/snapshots/<id>.json    one manifest per snapshot, mode 0444
 //! REPO/acks/<id>.json         operator acknowledgements of suspect snapshots, mode 0444
 //! REPO/tmp/                   staging for write-once publishes (same filesystem)
+//! REPO/trash/<id>@<time>.json pruned manifests during their grace period (trash.rs)
+//! REPO/holds/<id>.json         undeleted snapshots that prune must keep (trash.rs)
+//! REPO/acks/<id>.json          operator acknowledgements of suspect snapshots
+//! REPO/quarantine/<hex>        chunks that failed verification, moved aside (verify.rs)
 //! REPO/audit.log              append-only log of sessions, commits and rejections
 //! ```
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use backup_common::chunk::{self, ChunkError, ChunkId};
 use backup_common::durable::{self, Published};
@@ -109,6 +114,23 @@ impl Repository {
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
+    pub fn trash_dir(&self) -> PathBuf {
+        self.root.join("trash")
+    }
+    pub fn holds_dir(&self) -> PathBuf {
+        self.root.join("holds")
+    }
+    pub fn acks_dir(&self) -> PathBuf {
+        self.root.join("acks")
+    }
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    /// An operator has acknowledged this (suspect) snapshot.
+    pub fn is_acknowledged(&self, id: &str) -> bool {
+        self.acks_dir().join(format!("{id}.json")).is_file()
+    }
 
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         let hex = id.to_hex();
@@ -126,6 +148,18 @@ impl Repository {
         zstd_framed: bool,
         payload: &[u8],
     ) -> Result<Published, RepoError> {
+        self.put_chunk_at(id, zstd_framed, payload, SystemTime::now())
+    }
+
+    /// As [`Repository::put_chunk`], with the file's mtime set to `now` (the receiver's
+    /// clock) before it is published: garbage collection's grace period reads it.
+    pub fn put_chunk_at(
+        &self,
+        id: &ChunkId,
+        zstd_framed: bool,
+        payload: &[u8],
+        now: SystemTime,
+    ) -> Result<Published, RepoError> {
         let path = self.chunk_path(id);
         let dir = path.parent().expect("chunk path has a parent");
         if !dir.is_dir() {
@@ -136,9 +170,28 @@ impl Repository {
         durable::write_once_with(&self.tmp_dir(), dir, name, |f| {
             use std::io::Write;
             f.write_all(&[u8::from(zstd_framed)])?;
-            f.write_all(payload)
+            f.write_all(payload)?;
+            f.set_modified(now)
         })
         .map_err(io_err(&path))
+    }
+
+    /// If the chunk exists, moves its mtime forward to `now` (never back) and returns true.
+    /// A session that relies on an existing chunk touches it, so garbage collection's
+    /// cut-off protects it until the snapshot that references it is committed.
+    pub fn touch_chunk(&self, id: &ChunkId, now: SystemTime) -> bool {
+        let Ok(file) = fs::File::open(self.chunk_path(id)) else {
+            return false;
+        };
+        match file.metadata().and_then(|m| m.modified()) {
+            Ok(mtime) if mtime >= now => {}
+            _ => {
+                if let Err(e) = file.set_modified(now) {
+                    tracing::warn!(chunk = %id, error = %e, "cannot refresh chunk mtime");
+                }
+            }
+        }
+        true
     }
 
     /// Reads, decompresses and verifies a chunk.
@@ -190,7 +243,12 @@ impl Repository {
     }
 
     pub fn load_manifest(&self, id: &str) -> Result<Manifest, RepoError> {
-        let path = self.snapshots_dir().join(format!("{id}.json"));
+        self.load_manifest_at(&self.snapshots_dir().join(format!("{id}.json")), id)
+    }
+
+    /// Reads and checks the manifest file at `path` (in `snapshots/` or `trash/`).
+    pub fn load_manifest_at(&self, path: &Path, id: &str) -> Result<Manifest, RepoError> {
+        let path = path.to_path_buf();
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -26,7 +26,11 @@ pub async fn serve_on(
     let repo = Repository::open_or_init(&config.repo)
         .with_context(|| format!("repo: cannot open or create {}", config.repo.display()))?;
     let tls = TlsMaterial::load(&config)?;
-    let service = Arc::new(BackupService::new(repo, config.clone(), clock));
+    let service = Arc::new(BackupService::new(
+        repo.clone(),
+        config.clone(),
+        clock.clone(),
+    ));
     let audit = service.audit();
     let clock_for_tls = service.clock();
     let max_message = config.limits.max_message_bytes;
@@ -38,6 +42,13 @@ pub async fn serve_on(
     }
     // Owned here: the monitor's checks, pings and scrapes stop when the server does.
     let background = tokio::spawn(monitor.run(metrics));
+    let sessions = service.clone();
+    let _maintenance = crate::schedule::spawn(
+        repo,
+        config.retention.clone(),
+        clock,
+        Arc::new(move || sessions.oldest_session_start()),
+    );
     let svc = BackupServer::from_arc(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use backup_common::chunk::{self, ChunkId, MAX_CHUNK};
 use backup_common::config::ReceiverConfig;
@@ -41,6 +41,8 @@ struct Session {
     peer_identity: String,
     source_host: String,
     sender_time: Option<DateTime<Utc>>,
+    /// Receiver clock at BeginSession: garbage collection's cut-off stays before it.
+    started: DateTime<Utc>,
     last_seen: Instant,
     new_chunks: u64,
     new_bytes: u64,
@@ -217,6 +219,13 @@ impl BackupService {
             }),
         );
         status
+    }
+
+    /// When the oldest open upload session began (receiver clock), for garbage collection.
+    pub fn oldest_session_start(&self) -> Option<DateTime<Utc>> {
+        self.reap_idle();
+        let sessions = self.sessions.lock().unwrap();
+        sessions.values().map(|s| s.started).min()
     }
 
     /// Drops sessions idle longer than the configured timeout.
@@ -452,6 +461,7 @@ impl BackupService {
             .map_err(|e| e.status())?;
         let base = Self::snapshot_id_base(now);
         let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, RepoError> {
+            crate::testhook::pause(crate::testhook::COMMIT_BEFORE_PUBLISH);
             for n in 0..100 {
                 manifest.id = if n == 0 {
                     base.clone()
@@ -530,6 +540,7 @@ impl BackupService {
     fn verify_chunk(
         repo: &Repository,
         up: &proto::ChunkUpload,
+        now: SystemTime,
     ) -> Result<Option<(ChunkId, u64)>, Status> {
         let id =
             ChunkId::from_slice(&up.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -543,7 +554,7 @@ impl BackupService {
         // and must be reported, not silently dropped.
         chunk::open_chunk(id, up.zstd, &up.data, up.raw_len as usize)
             .map_err(|e| Status::invalid_argument(format!("chunk rejected: {e}")))?;
-        if repo.has_chunk(&id) {
+        if repo.touch_chunk(&id, now) {
             return Ok(None);
         }
         // The stored file: one tag byte and the payload.
@@ -609,6 +620,7 @@ impl Backup for BackupService {
                     peer_identity: peer.identity.clone(),
                     source_host: req.source_host.chars().take(255).collect(),
                     sender_time: DateTime::from_timestamp(req.sender_time_unix, 0),
+                    started: now,
                     last_seen: Instant::now(),
                     new_chunks: 0,
                     new_bytes: 0,
@@ -638,10 +650,20 @@ impl Backup for BackupService {
         let peer = self.admit(&request, "PreviousObjects").await?;
         self.touch(&peer, &request.get_ref().session_id)?;
         let repo = self.repo.clone();
-        let latest = tokio::task::spawn_blocking(move || repo.latest_good())
-            .await
-            .map_err(join_status)?
-            .map_err(repo_status)?;
+        // Objects with a chunk that is missing or quarantined are left out, so the sender
+        // reads them again from the source and the chunk heals.
+        let latest = tokio::task::spawn_blocking(move || {
+            repo.latest_good().map(|m| {
+                m.map(|mut m| {
+                    m.objects
+                        .retain(|o| o.chunks.iter().all(|c| repo.has_chunk(&c.id)));
+                    m
+                })
+            })
+        })
+        .await
+        .map_err(join_status)?
+        .map_err(repo_status)?;
         let batches: Vec<Result<proto::ObjectBatch, Status>> = match latest {
             None => Vec::new(),
             Some(m) => m
@@ -685,9 +707,11 @@ impl Backup for BackupService {
                 )
             })?;
         let repo = self.repo.clone();
+        // A present chunk is touched: this session relies on it, so GC must not take it.
+        let now = SystemTime::from((self.clock)());
         let missing = tokio::task::spawn_blocking(move || {
             ids.into_iter()
-                .filter(|id| !repo.has_chunk(id))
+                .filter(|id| !repo.touch_chunk(id, now))
                 .map(|id| id.0.to_vec())
                 .collect()
         })
@@ -708,8 +732,10 @@ impl Backup for BackupService {
             self.touch(&peer, &up.session_id)?;
             let repo = self.repo.clone();
             let session_id = up.session_id.clone();
+            // The receiver's clock stamps (or touches) the chunk: GC's grace counts from it.
+            let now = SystemTime::from((self.clock)());
             let (checked, up) = tokio::task::spawn_blocking(move || {
-                let checked = Self::verify_chunk(&repo, &up);
+                let checked = Self::verify_chunk(&repo, &up, now);
                 (checked, up)
             })
             .await
@@ -722,7 +748,7 @@ impl Backup for BackupService {
                 .map_err(|s| self.reject(&peer, "PutChunks", s))?;
             let repo = self.repo.clone();
             let published =
-                tokio::task::spawn_blocking(move || repo.put_chunk(&id, up.zstd, &up.data))
+                tokio::task::spawn_blocking(move || repo.put_chunk_at(&id, up.zstd, &up.data, now))
                     .await
                     .map_err(join_status)?;
             match published {

@@ -11,4 +11,5 @@ pub mod objects;
 pub mod preflight;
 pub mod progress;
 pub mod run;
+pub mod session;
 pub mod upload;

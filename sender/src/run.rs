@@ -3,6 +3,7 @@
 //! has accepted the commit; a failed run leaves chunks (reused next night) but no snapshot.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backup_common::config::SenderConfig;
@@ -11,11 +12,12 @@ use backup_common::{proto, wire};
 use serde::Serialize;
 use tonic::Status;
 
-use crate::client::{self, retry, Client};
+use crate::client::{self, Client};
 use crate::database::{self, DumpError};
 use crate::local_dumps;
 use crate::objects::{self, Delta, ObjectError};
 use crate::progress::Progress;
+use crate::session::Session;
 use crate::upload::Uploader;
 
 /// Why a run failed; each kind has its own exit code (see `docs/MONITORING.md`):
@@ -138,25 +140,23 @@ impl std::fmt::Display for Summary {
 
 async fn previous_objects(
     client: &Client,
-    session_id: &str,
-    attempts: u32,
+    session: &Session,
 ) -> Result<HashMap<String, ObjectEntry>, RunError> {
-    let batches = retry("PreviousObjects", attempts, || {
-        let mut c = client.clone();
-        let req = proto::PreviousObjectsRequest {
-            session_id: session_id.to_string(),
-        };
-        async move {
-            let mut stream = c.previous_objects(req).await?.into_inner();
-            let mut all = Vec::new();
-            while let Some(b) = stream.message().await? {
-                all.push(b);
+    let batches = session
+        .call("PreviousObjects", |session_id| {
+            let mut c = client.clone();
+            let req = proto::PreviousObjectsRequest { session_id };
+            async move {
+                let mut stream = c.previous_objects(req).await?.into_inner();
+                let mut all = Vec::new();
+                while let Some(b) = stream.message().await? {
+                    all.push(b);
+                }
+                Ok(all)
             }
-            Ok(all)
-        }
-    })
-    .await
-    .map_err(|s| receiver_err("reading the previous snapshot", s))?;
+        })
+        .await
+        .map_err(|s| receiver_err("reading the previous snapshot", s))?;
     let mut map = HashMap::new();
     for b in batches {
         for o in b.objects {
@@ -170,37 +170,37 @@ async fn previous_objects(
 
 async fn commit(
     client: &Client,
-    session_id: &str,
-    attempts: u32,
+    session: &Session,
     dump: &DumpEntry,
     bucket: &str,
     objects: &[ObjectEntry],
 ) -> Result<proto::CommitResponse, RunError> {
-    let header = proto::CommitPart {
-        part: Some(proto::commit_part::Part::Header(proto::CommitHeader {
-            session_id: session_id.to_string(),
-            dump: Some(wire::dump_to_proto(dump)),
-            object_count: objects.len() as u64,
-            bucket: bucket.to_string(),
-        })),
-    };
-    retry("Commit", attempts, || {
-        let mut c = client.clone();
-        let mut parts = vec![header.clone()];
-        parts.extend(objects.chunks(1000).map(|batch| proto::CommitPart {
-            part: Some(proto::commit_part::Part::Objects(proto::ObjectBatch {
-                snapshot_id: String::new(),
-                objects: batch.iter().map(wire::object_to_proto).collect(),
-            })),
-        }));
-        async move {
-            c.commit(tokio_stream::iter(parts))
-                .await
-                .map(|r| r.into_inner())
-        }
-    })
-    .await
-    .map_err(|s| receiver_err("commit refused", s))
+    session
+        .call("Commit", |session_id| {
+            let mut c = client.clone();
+            let header = proto::CommitPart {
+                part: Some(proto::commit_part::Part::Header(proto::CommitHeader {
+                    session_id,
+                    dump: Some(wire::dump_to_proto(dump)),
+                    object_count: objects.len() as u64,
+                    bucket: bucket.to_string(),
+                })),
+            };
+            let mut parts = vec![header];
+            parts.extend(objects.chunks(1000).map(|batch| proto::CommitPart {
+                part: Some(proto::commit_part::Part::Objects(proto::ObjectBatch {
+                    snapshot_id: String::new(),
+                    objects: batch.iter().map(wire::object_to_proto).collect(),
+                })),
+            }));
+            async move {
+                c.commit(tokio_stream::iter(parts))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+        .map_err(|s| receiver_err("commit refused", s))
 }
 
 fn hostname() -> String {
@@ -253,20 +253,14 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
     let s3 = objects::client(&cfg.objects)?;
     let client = client::connect(&cfg.receiver).map_err(RunError::Config)?;
 
-    let begin = retry("BeginSession", attempts, || {
-        let mut c = client.clone();
-        let req = proto::BeginSessionRequest {
-            source_host: cfg.source_host.clone().unwrap_or_else(hostname),
-            sender_time_unix: chrono::Utc::now().timestamp(),
-        };
-        async move { c.begin_session(req).await.map(|r| r.into_inner()) }
-    })
-    .await
-    .map_err(|s| receiver_err("opening a session", s))?;
-    let session_id = begin.session_id;
-    tracing::info!(session = %session_id, "session opened");
+    let source_host = cfg.source_host.clone().unwrap_or_else(hostname);
+    let session = Arc::new(
+        Session::begin(client.clone(), source_host, attempts)
+            .await
+            .map_err(|s| receiver_err("opening a session", s))?,
+    );
 
-    let previous = previous_objects(&client, &session_id, attempts).await?;
+    let previous = previous_objects(&client, &session).await?;
     let listed = objects::list(&s3, &cfg.objects.bucket).await?;
     tracing::info!(
         listed = listed.len(),
@@ -275,12 +269,7 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
     );
 
     let progress = Progress::for_stderr();
-    let uploader = Uploader::start(
-        client.clone(),
-        session_id.clone(),
-        attempts,
-        progress.clone(),
-    );
+    let uploader = Uploader::start(client.clone(), session.clone(), progress.clone());
     let today = chrono::Local::now().date_naive();
     let dump_name = local_dumps::file_name(&db.dump_name, today);
     let partial = local_dumps::partial_path(&db.local_dir, &dump_name);
@@ -351,8 +340,7 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
     };
     let committed = commit(
         &client,
-        &session_id,
-        attempts,
+        &session,
         &dump_entry,
         &cfg.objects.bucket,
         &entries,

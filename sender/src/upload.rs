@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::Status;
 
-use crate::client::{retry, Client};
+use crate::client::Client;
 use crate::progress::Progress;
+use crate::session::Session;
 
 /// A batch is sent when it holds this many bytes or chunks.
 const BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -61,18 +62,16 @@ pub struct Uploader {
 
 struct Ctx {
     client: Client,
-    session_id: String,
-    attempts: u32,
+    session: Arc<Session>,
     progress: Progress,
 }
 
 impl Uploader {
-    pub fn start(client: Client, session_id: String, attempts: u32, progress: Progress) -> Self {
+    pub fn start(client: Client, session: Arc<Session>, progress: Progress) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let ctx = Arc::new(Ctx {
             client,
-            session_id,
-            attempts,
+            session,
             progress: progress.clone(),
         });
         let task = tokio::spawn(run(ctx, rx));
@@ -142,69 +141,73 @@ fn add(
     Ok(())
 }
 
+/// Uploads the chunks of `batch` the receiver lacks. A failed attempt (a cut connection,
+/// a lost session) asks again which chunks are missing, so chunks that arrived before the
+/// failure are not sent twice.
 async fn send_batch(ctx: Arc<Ctx>, batch: Vec<Chunk>) -> Result<UploadStats, Status> {
-    let ids: Vec<Vec<u8>> = batch.iter().map(|c| c.id.0.to_vec()).collect();
-    let missing = retry("MissingChunks", ctx.attempts, || {
-        let mut client = ctx.client.clone();
-        let req = proto::MissingChunksRequest {
-            session_id: ctx.session_id.clone(),
-            ids: ids.clone(),
-        };
-        async move {
-            client
-                .missing_chunks(req)
-                .await
-                .map(|r| r.into_inner().missing)
-        }
-    })
-    .await?;
-    let missing: HashSet<Vec<u8>> = missing.into_iter().collect();
-    let to_send: Vec<Chunk> = batch
+    let batch = Arc::new(batch);
+    let stats = ctx
+        .session
+        .call("upload batch", |session_id| {
+            let (client, batch) = (ctx.client.clone(), batch.clone());
+            async move { upload_missing(client, session_id, &batch).await }
+        })
+        .await?;
+    ctx.progress.sent(stats.wire_bytes_sent);
+    Ok(stats)
+}
+
+async fn upload_missing(
+    mut client: Client,
+    session_id: String,
+    batch: &[Chunk],
+) -> Result<UploadStats, Status> {
+    let req = proto::MissingChunksRequest {
+        session_id: session_id.clone(),
+        ids: batch.iter().map(|c| c.id.0.to_vec()).collect(),
+    };
+    let missing: HashSet<Vec<u8>> = client
+        .missing_chunks(req)
+        .await?
+        .into_inner()
+        .missing
         .into_iter()
+        .collect();
+    let to_send: Vec<(ChunkId, Vec<u8>)> = batch
+        .iter()
         .filter(|c| missing.contains(&c.id.0[..]))
+        .map(|c| (c.id, c.data.clone()))
         .collect();
     if to_send.is_empty() {
         return Ok(UploadStats::default());
     }
-    let session_id = ctx.session_id.clone();
-    let uploads: Arc<Vec<proto::ChunkUpload>> = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            to_send
-                .into_iter()
-                .map(|c| {
-                    let raw_len = c.data.len() as u32;
-                    let (zstd, data) = match compress_if_worth(&c.data) {
-                        Some(packed) => (true, packed),
-                        None => (false, c.data),
-                    };
-                    proto::ChunkUpload {
-                        session_id: session_id.clone(),
-                        id: c.id.0.to_vec(),
-                        raw_len,
-                        zstd,
-                        data: data.into(),
-                    }
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| Status::internal(format!("compression task: {e}")))?,
-    );
-    retry("PutChunks", ctx.attempts, || {
-        let mut client = ctx.client.clone();
-        let uploads = uploads.clone();
-        async move {
-            let stream = tokio_stream::iter((0..uploads.len()).map(move |i| uploads[i].clone()));
-            client.put_chunks(stream).await
-        }
+    let uploads: Vec<proto::ChunkUpload> = tokio::task::spawn_blocking(move || {
+        to_send
+            .into_iter()
+            .map(|(id, data)| {
+                let raw_len = data.len() as u32;
+                let (zstd, data) = match compress_if_worth(&data) {
+                    Some(packed) => (true, packed),
+                    None => (false, data),
+                };
+                proto::ChunkUpload {
+                    session_id: session_id.clone(),
+                    id: id.0.to_vec(),
+                    raw_len,
+                    zstd,
+                    data: data.into(),
+                }
+            })
+            .collect()
     })
-    .await?;
-    ctx.progress
-        .sent(uploads.iter().map(|u| u.data.len() as u64).sum());
-    Ok(UploadStats {
+    .await
+    .map_err(|e| Status::internal(format!("compression task: {e}")))?;
+    let stats = UploadStats {
         chunks_seen: 0,
         chunks_sent: uploads.len() as u64,
         raw_bytes_sent: uploads.iter().map(|u| u64::from(u.raw_len)).sum(),
         wire_bytes_sent: uploads.iter().map(|u| u.data.len() as u64).sum(),
-    })
+    };
+    client.put_chunks(tokio_stream::iter(uploads)).await?;
+    Ok(stats)
 }

@@ -16,4 +16,6 @@ pub mod s3;
 pub use net::{free_port, wait_for_tcp};
 pub use pg::PgCluster;
 pub use s3::S3Server;
+pub mod checks;
+pub mod proxy;
 pub mod stack;

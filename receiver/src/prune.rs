@@ -1,0 +1,322 @@
+//! Retention on the receiver: which snapshots the policy keeps, and moving the others to
+//! the trash. Runs from the operator's `prune` command or `serve`'s own schedule, never
+//! from a network request, and counts calendar days on the receiver's clock in the
+//! configured time zone (the sender's clock is never consulted).
+//!
+//! Rules, on top of the keep-last/daily/weekly/monthly calendar:
+//! - a suspect snapshot that no operator has acknowledged (`acks/<id>.json`) takes no
+//!   calendar slot, so a flood of junk can never displace a good snapshot; it is itself
+//!   kept until acknowledged, because it is what pins the good one below;
+//! - the newest good snapshot is always kept ("newest");
+//! - the newest good snapshot older than each unacknowledged suspect one is kept ("pinned");
+//! - a snapshot brought back with `undelete` is kept while its hold exists ("held").
+
+use std::fmt;
+
+use backup_common::config::RetentionConfig;
+use backup_common::retention::{decide, Policy, Reason};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+
+use crate::repository::{RepoError, Repository};
+use crate::testhook;
+use crate::trash::{self, TrashEntry};
+
+/// Why a snapshot is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    Newest,
+    Pinned,
+    Suspect,
+    Held,
+    Last,
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+impl From<Reason> for Keep {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::Last => Keep::Last,
+            Reason::Daily => Keep::Daily,
+            Reason::Weekly => Keep::Weekly,
+            Reason::Monthly => Keep::Monthly,
+        }
+    }
+}
+
+impl fmt::Display for Keep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Keep::Newest => "newest",
+            Keep::Pinned => "pinned",
+            Keep::Suspect => "suspect (not acknowledged)",
+            Keep::Held => "held",
+            Keep::Last => "last",
+            Keep::Daily => "daily",
+            Keep::Weekly => "weekly",
+            Keep::Monthly => "monthly",
+        })
+    }
+}
+
+/// What retention needs to know about one snapshot.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: String,
+    /// Commit time on the receiver's clock.
+    pub time: DateTime<Utc>,
+    /// Flagged suspect and not acknowledged.
+    pub unacknowledged_suspect: bool,
+    pub held: bool,
+}
+
+/// The verdict on one snapshot; an empty `keep` means it goes to the trash.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub id: String,
+    pub time: DateTime<Utc>,
+    /// The commit time in the configured zone, as the calendar saw it.
+    pub local_time: String,
+    pub keep: Vec<Keep>,
+}
+
+impl Decision {
+    pub fn kept(&self) -> bool {
+        !self.keep.is_empty()
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:<22} {:<26} ", self.id, self.local_time)?;
+        if self.keep.is_empty() {
+            return f.write_str("would prune");
+        }
+        let reasons: Vec<String> = self.keep.iter().map(Keep::to_string).collect();
+        write!(f, "keep: {}", reasons.join(", "))
+    }
+}
+
+/// Applies the rules to `snapshots` (any order); decisions come back oldest first. Pure.
+pub fn plan(snapshots: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
+    let mut order: Vec<&Candidate> = snapshots.iter().collect();
+    order.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+    let mut keep: Vec<Vec<Keep>> = vec![Vec::new(); order.len()];
+    let good: Vec<usize> = (0..order.len())
+        .filter(|&i| !order[i].unacknowledged_suspect)
+        .collect();
+    let local: Vec<_> = good
+        .iter()
+        .map(|&i| order[i].time.with_timezone(&tz).naive_local())
+        .collect();
+    for (k, reasons) in decide(&local, policy).into_iter().enumerate() {
+        keep[good[k]].extend(reasons.into_iter().map(Keep::from));
+    }
+    if let Some(&newest) = good.last() {
+        keep[newest].push(Keep::Newest);
+    }
+    for i in 0..order.len() {
+        if order[i].unacknowledged_suspect {
+            keep[i].push(Keep::Suspect);
+            // `order` is sorted by time, so the last good one before i is the newest older.
+            if let Some(&pin) = good.iter().rev().find(|&&g| g < i) {
+                if !keep[pin].contains(&Keep::Pinned) {
+                    keep[pin].push(Keep::Pinned);
+                }
+            }
+        }
+        if order[i].held {
+            keep[i].push(Keep::Held);
+        }
+    }
+    order
+        .iter()
+        .zip(keep)
+        .map(|(c, mut keep)| {
+            keep.sort();
+            Decision {
+                id: c.id.clone(),
+                time: c.time,
+                local_time: c
+                    .time
+                    .with_timezone(&tz)
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string(),
+                keep,
+            }
+        })
+        .collect()
+}
+
+/// What one prune did (or, dry, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub decisions: Vec<Decision>,
+    /// Snapshots moved to the trash.
+    pub pruned: Vec<String>,
+    /// Trash entries removed for good because their grace period had passed.
+    pub purged: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Reads every snapshot's retention facts from the repository. A manifest that vanishes
+/// while we read (a concurrent prune moved it) is skipped; any other error stops.
+pub fn candidates(repo: &Repository) -> Result<Vec<Candidate>, RepoError> {
+    let mut out = Vec::new();
+    for id in repo.snapshot_ids()? {
+        let m = match repo.load_manifest(&id) {
+            Ok(m) => m,
+            Err(RepoError::NoSuchSnapshot(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        out.push(Candidate {
+            unacknowledged_suspect: m.suspect.is_some() && !repo.is_acknowledged(&m.id),
+            held: trash::is_held(repo, &m.id),
+            id: m.id,
+            time: m.time,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies the policy at `now` (receiver clock): moves unkept manifests to the trash, then
+/// removes trash entries older than the grace period. Any unreadable manifest stops the
+/// prune before anything moves.
+pub fn prune(
+    repo: &Repository,
+    cfg: &RetentionConfig,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<PruneReport, RepoError> {
+    let decisions = plan(&candidates(repo)?, &cfg.policy(), cfg.time_zone);
+    let mut pruned = Vec::new();
+    for d in decisions.iter().filter(|d| !d.kept()) {
+        if !dry_run {
+            match trash::move_to_trash(repo, &d.id, now) {
+                Ok(path) => {
+                    tracing::info!(snapshot = %d.id, trash = %path.display(), "snapshot pruned");
+                    testhook::pause(testhook::PRUNE_AFTER_FIRST_MOVE);
+                }
+                // Moved by a concurrent prune meanwhile.
+                Err(RepoError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        pruned.push(d.id.clone());
+    }
+    let purged: Vec<TrashEntry> = trash::purge(repo, now, cfg.trash_grace.0, dry_run)?;
+    for e in &purged {
+        if !dry_run {
+            tracing::info!(snapshot = %e.id, pruned_at = %e.pruned_at, "trash entry removed");
+        }
+    }
+    Ok(PruneReport {
+        decisions,
+        pruned,
+        purged: purged.into_iter().map(|e| e.id).collect(),
+        dry_run,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn night(day: u32) -> DateTime<Utc> {
+        // 01:30 UTC is 02:30 in Berlin in winter.
+        Utc.with_ymd_and_hms(2026, 1, 1, 1, 30, 0).unwrap() + chrono::Duration::days(day as i64)
+    }
+
+    fn good(day: u32) -> Candidate {
+        Candidate {
+            id: format!("n{day:03}"),
+            time: night(day),
+            unacknowledged_suspect: false,
+            held: false,
+        }
+    }
+
+    fn kept(ds: &[Decision]) -> Vec<&str> {
+        ds.iter()
+            .filter(|d| d.kept())
+            .map(|d| d.id.as_str())
+            .collect()
+    }
+
+    fn daily(n: u32) -> Policy {
+        Policy {
+            keep_last: 0,
+            keep_daily: n,
+            keep_weekly: 0,
+            keep_monthly: 0,
+        }
+    }
+
+    #[test]
+    fn suspect_snapshots_take_no_slot_and_pin_the_last_good_one() {
+        let mut s: Vec<Candidate> = (0..5).map(good).collect();
+        // Days 5..=9: a hostile sender's junk, flagged suspect.
+        for d in 5..10 {
+            s.push(Candidate {
+                unacknowledged_suspect: true,
+                ..good(d)
+            });
+        }
+        let ds = plan(&s, &daily(2), chrono_tz::Europe::Berlin);
+        // The good ones keep their two daily slots; n004 is also newest and pinned.
+        assert_eq!(
+            kept(&ds),
+            vec!["n003", "n004", "n005", "n006", "n007", "n008", "n009"]
+        );
+        let n4 = ds.iter().find(|d| d.id == "n004").unwrap();
+        assert_eq!(n4.keep, vec![Keep::Newest, Keep::Pinned, Keep::Daily]);
+        assert!(ds[9].keep == vec![Keep::Suspect]);
+    }
+
+    #[test]
+    fn acknowledged_and_held_snapshots() {
+        let mut s: Vec<Candidate> = (0..6).map(good).collect();
+        s[1].held = true;
+        let ds = plan(&s, &daily(2), chrono_tz::Europe::Berlin);
+        assert_eq!(kept(&ds), vec!["n001", "n004", "n005"]);
+        assert_eq!(ds[1].keep, vec![Keep::Held]);
+        assert_eq!(
+            ds[0].to_string().trim_end(),
+            format!("{:<22} {:<26} would prune", "n000", "2026-01-01 02:30 CET")
+        );
+    }
+
+    #[test]
+    fn days_are_counted_in_the_configured_zone() {
+        // 23:30 UTC on Jan 1 is already Jan 2 in Berlin: same Berlin day as the next one.
+        let late = Utc.with_ymd_and_hms(2026, 1, 1, 23, 30, 0).unwrap();
+        let next = Utc.with_ymd_and_hms(2026, 1, 2, 5, 0, 0).unwrap();
+        let s = vec![
+            Candidate {
+                id: "a".into(),
+                time: late,
+                unacknowledged_suspect: false,
+                held: false,
+            },
+            Candidate {
+                id: "b".into(),
+                time: next,
+                unacknowledged_suspect: false,
+                held: false,
+            },
+        ];
+        let berlin = plan(&s, &daily(2), chrono_tz::Europe::Berlin);
+        assert_eq!(kept(&berlin), vec!["b"]);
+        let utc = plan(&s, &daily(2), chrono_tz::UTC);
+        assert_eq!(kept(&utc), vec!["a", "b"]);
+    }
+}

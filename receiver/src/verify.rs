@@ -1,0 +1,323 @@
+//! Verification: every chunk a snapshot references must exist, and (with read-data) must
+//! decompress to bytes whose blake3 is its name. A chunk that fails is moved aside to
+//! `REPO/quarantine/<hex>` (never deleted): `has_chunk` is then false, so the next nightly
+//! run uploads it again (the receiver's PreviousObjects leaves out objects with absent
+//! chunks, so the sender re-reads them from the source) and every snapshot that names the
+//! chunk heals. Damage is reported with the snapshots and objects it affects.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use backup_common::chunk::ChunkId;
+use backup_common::durable;
+use serde::Serialize;
+
+use crate::repository::{RepoError, Repository};
+
+/// How much chunk data to read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadData {
+    /// Existence only.
+    None,
+    All,
+    /// Slice `n` of `m` (1-based): chunks whose first id byte mod `m` is `n - 1`.
+    Subset {
+        n: u32,
+        m: u32,
+    },
+}
+
+impl ReadData {
+    /// Parses `N/M` as given to `--read-data-subset`.
+    pub fn parse_subset(s: &str) -> Result<ReadData, String> {
+        let (n, m) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not N/M, like 1/7"))?;
+        let n: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: N is not a number"))?;
+        let m: u32 = m
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: M is not a number"))?;
+        if m == 0 || m > 256 || n == 0 || n > m {
+            return Err(format!("{s:?}: need 1 <= N <= M <= 256"));
+        }
+        Ok(ReadData::Subset { n, m })
+    }
+
+    fn reads(&self, id: &ChunkId) -> bool {
+        match *self {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Subset { n, m } => u32::from(id.0[0]) % m == n - 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Problem {
+    Missing,
+    Corrupt,
+}
+
+/// Where a damaged chunk is used: a snapshot and the dump or object in it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Affected {
+    pub snapshot: String,
+    /// `dump <file name>` or `object <key>`.
+    pub item: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Damage {
+    pub chunk: String,
+    pub problem: Problem,
+    pub detail: String,
+    /// Where a corrupt chunk was moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<PathBuf>,
+    pub affected: Vec<Affected>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub snapshots: u64,
+    pub chunks: u64,
+    pub chunks_read: u64,
+    pub bytes_read: u64,
+    pub damage: Vec<Damage>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.damage.is_empty()
+    }
+}
+
+/// Moves a chunk file to `quarantine/<hex>` (or `<hex>.N` if that name is taken).
+pub fn quarantine(repo: &Repository, id: &ChunkId) -> Result<PathBuf, RepoError> {
+    let dir = repo.quarantine_dir();
+    fs::create_dir_all(&dir).map_err(|source| RepoError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let from = repo.chunk_path(id);
+    let hex = id.to_hex();
+    let mut n = 0;
+    loop {
+        let name = if n == 0 {
+            hex.clone()
+        } else {
+            format!("{hex}.{n}")
+        };
+        let to = dir.join(name);
+        // Link then unlink: no existing quarantined copy is ever replaced.
+        match fs::hard_link(&from, &to) {
+            Ok(()) => {
+                let io = |source| RepoError::Io {
+                    path: from.clone(),
+                    source,
+                };
+                durable::sync_dir(&dir).map_err(io)?;
+                fs::remove_file(&from).map_err(io)?;
+                durable::sync_dir(from.parent().expect("chunk dir")).map_err(io)?;
+                return Ok(to);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+            Err(source) => return Err(RepoError::Io { path: to, source }),
+        }
+    }
+}
+
+/// Checks every chunk the snapshots reference; with `read`, re-reads and re-hashes them.
+/// Corrupt chunks are quarantined unless `dry_run`-like `quarantine_corrupt` is false.
+pub fn verify(
+    repo: &Repository,
+    read: ReadData,
+    quarantine_corrupt: bool,
+) -> Result<VerifyReport, RepoError> {
+    let manifests = repo.manifests()?;
+    let mut report = VerifyReport {
+        snapshots: manifests.len() as u64,
+        ..VerifyReport::default()
+    };
+    let mut seen = HashSet::new();
+    let mut bad: BTreeMap<ChunkId, (Problem, String, Option<PathBuf>)> = BTreeMap::new();
+    for m in &manifests {
+        for r in m.chunk_refs() {
+            if !seen.insert(r.id) {
+                continue;
+            }
+            report.chunks += 1;
+            if !read.reads(&r.id) {
+                if !repo.has_chunk(&r.id) {
+                    bad.insert(r.id, (Problem::Missing, "no chunk file".into(), None));
+                }
+                continue;
+            }
+            report.chunks_read += 1;
+            match repo.read_chunk(&r.id) {
+                Ok(data) if data.len() == r.len as usize => {
+                    report.bytes_read += data.len() as u64;
+                }
+                Ok(data) => {
+                    bad.insert(
+                        r.id,
+                        (
+                            Problem::Corrupt,
+                            format!("{} bytes, the manifest says {}", data.len(), r.len),
+                            None,
+                        ),
+                    );
+                }
+                Err(RepoError::MissingChunk { .. }) => {
+                    bad.insert(r.id, (Problem::Missing, "no chunk file".into(), None));
+                }
+                Err(e) => {
+                    bad.insert(r.id, (Problem::Corrupt, e.to_string(), None));
+                }
+            }
+        }
+    }
+    if quarantine_corrupt {
+        for (id, (problem, _, moved)) in bad.iter_mut() {
+            if *problem == Problem::Corrupt {
+                match quarantine(repo, id) {
+                    Ok(to) => {
+                        tracing::warn!(chunk = %id, to = %to.display(), "corrupt chunk quarantined");
+                        *moved = Some(to);
+                    }
+                    Err(e) => tracing::error!(chunk = %id, error = %e, "cannot quarantine"),
+                }
+            }
+        }
+    }
+    let mut affected: BTreeMap<ChunkId, Vec<Affected>> = BTreeMap::new();
+    if !bad.is_empty() {
+        for m in &manifests {
+            let mut note = |item: String, chunks: &[backup_common::manifest::ChunkRef]| {
+                for c in chunks {
+                    if bad.contains_key(&c.id) {
+                        let list = affected.entry(c.id).or_default();
+                        let a = Affected {
+                            snapshot: m.id.clone(),
+                            item: item.clone(),
+                        };
+                        if !list.contains(&a) {
+                            list.push(a);
+                        }
+                    }
+                }
+            };
+            if let Some(d) = &m.dump {
+                note(format!("dump {}", d.file_name), &d.chunks);
+            }
+            for o in &m.objects {
+                note(format!("object {}", o.key), &o.chunks);
+            }
+        }
+    }
+    report.damage = bad
+        .into_iter()
+        .map(|(id, (problem, detail, quarantined))| Damage {
+            chunk: id.to_hex(),
+            problem,
+            detail,
+            quarantined,
+            affected: affected.remove(&id).unwrap_or_default(),
+        })
+        .collect();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backup_common::manifest::{ChunkRef, Manifest, ObjectEntry, SnapshotStats, FORMAT_VERSION};
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn subsets_cover_every_chunk_once() {
+        let parts: Vec<ReadData> = (1..=3)
+            .map(|n| ReadData::parse_subset(&format!("{n}/3")).unwrap())
+            .collect();
+        for b in 0..=255u8 {
+            let id = ChunkId([b; 32]);
+            assert_eq!(parts.iter().filter(|p| p.reads(&id)).count(), 1);
+        }
+        assert!(ReadData::parse_subset("0/3").is_err());
+        assert!(ReadData::parse_subset("4/3").is_err());
+        assert!(ReadData::parse_subset("x").is_err());
+    }
+
+    #[test]
+    fn a_corrupt_chunk_is_reported_and_quarantined_and_a_missing_one_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_init(d.path()).unwrap();
+        let mut ids = Vec::new();
+        for data in [&b"good"[..], b"will rot", b"will vanish"] {
+            let id = ChunkId(*blake3::hash(data).as_bytes());
+            repo.put_chunk(&id, false, data).unwrap();
+            ids.push((id, data.len() as u32));
+        }
+        let m = Manifest {
+            format: FORMAT_VERSION,
+            id: "s1".into(),
+            time: chrono::Utc::now(),
+            sender_time: None,
+            source_host: "t".into(),
+            peer_identity: "t".into(),
+            bucket: "b".into(),
+            dump: None,
+            objects: ids
+                .iter()
+                .enumerate()
+                .map(|(i, &(id, len))| ObjectEntry {
+                    key: format!("o{i}"),
+                    size: len as u64,
+                    etag: String::new(),
+                    hash: id,
+                    chunks: vec![ChunkRef { id, len }],
+                })
+                .collect(),
+            stats: SnapshotStats::default(),
+            suspect: None,
+        };
+        repo.publish_manifest(&m).unwrap();
+        let rot = repo.chunk_path(&ids[1].0);
+        fs::set_permissions(&rot, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&rot, b"\0will r0t").unwrap();
+        fs::remove_file(repo.chunk_path(&ids[2].0)).unwrap();
+
+        let quick = verify(&repo, ReadData::None, true).unwrap();
+        assert_eq!(quick.damage.len(), 1, "existence only sees the missing one");
+        let r = verify(&repo, ReadData::All, true).unwrap();
+        assert_eq!(r.damage.len(), 2);
+        let corrupt = r
+            .damage
+            .iter()
+            .find(|d| d.problem == Problem::Corrupt)
+            .unwrap();
+        assert_eq!(corrupt.chunk, ids[1].0.to_hex());
+        assert_eq!(
+            corrupt.affected,
+            vec![Affected {
+                snapshot: "s1".into(),
+                item: "object o1".into()
+            }]
+        );
+        assert!(corrupt.quarantined.as_ref().unwrap().is_file());
+        assert!(!repo.has_chunk(&ids[1].0));
+        let missing = r
+            .damage
+            .iter()
+            .find(|d| d.problem == Problem::Missing)
+            .unwrap();
+        assert_eq!(missing.affected[0].item, "object o2");
+    }
+}
