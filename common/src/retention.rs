@@ -59,13 +59,16 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// Maps a time to its calendar bucket (year and day, ISO week or month).
+type BucketOf = fn(&NaiveDateTime) -> (i32, u32);
+
 /// For each item (given by its local time), the reasons it is kept; an empty list means
 /// the policy would let it go. Output order matches input order.
 pub fn decide(times: &[NaiveDateTime], policy: &Policy) -> Vec<Vec<Reason>> {
     let mut order: Vec<usize> = (0..times.len()).collect();
     order.sort_by(|&a, &b| times[b].cmp(&times[a]).then(b.cmp(&a)));
     let mut reasons = vec![Vec::new(); times.len()];
-    let rules: [(Reason, u32, fn(&NaiveDateTime) -> (i32, u32)); 4] = [
+    let rules: [(Reason, u32, BucketOf); 4] = [
         (Reason::Last, policy.keep_last, |_| (0, 0)),
         (Reason::Daily, policy.keep_daily, |t| {
             (t.year(), t.ordinal())
