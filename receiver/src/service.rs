@@ -651,12 +651,14 @@ impl Backup for BackupService {
         self.touch(&peer, &request.get_ref().session_id)?;
         let repo = self.repo.clone();
         // Objects with a chunk that is missing or quarantined are left out, so the sender
-        // reads them again from the source and the chunk heals.
+        // reads them again from the source and the chunk heals. The chunks of the objects
+        // the sender will carry over are touched, like MissingChunks does, for GC.
+        let now = SystemTime::from((self.clock)());
         let latest = tokio::task::spawn_blocking(move || {
             repo.latest_good().map(|m| {
                 m.map(|mut m| {
                     m.objects
-                        .retain(|o| o.chunks.iter().all(|c| repo.has_chunk(&c.id)));
+                        .retain(|o| o.chunks.iter().all(|c| repo.touch_chunk(&c.id, now)));
                     m
                 })
             })
