@@ -26,8 +26,8 @@ use crate::admission::{admit, Peer};
 use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::guard;
-use crate::quota::Quota;
 use crate::monitor::{self, Monitor};
+use crate::quota::Quota;
 use crate::repository::{RepoError, Repository};
 use crate::tailscale::{TailscaleAdmission, Verdict};
 
