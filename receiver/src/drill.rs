@@ -18,13 +18,14 @@ use backup_common::config::{DrillConfig, SanityQuery};
 use backup_common::error_chain;
 use backup_common::keys;
 use backup_common::manifest::Manifest;
+use backup_common::ping::{Pinger, Signal};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::repository::{RepoError, Repository};
 use crate::restore::{self, RestoreError};
 use crate::sandbox_pg::{self, SandboxPg};
-use crate::{ping, snapshots::human_bytes};
+use crate::snapshots::human_bytes;
 
 /// Failures listed one by one in a report; the rest are counted.
 const MAX_LISTED_FAILURES: usize = 50;
@@ -313,6 +314,10 @@ fn explain(repo: &Repository, e: &RestoreError) -> String {
     text
 }
 
+/// A drill runs quarterly and unattended: a couple of patient attempts per ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_ATTEMPTS: u32 = 3;
+
 /// Runs a drill, pinging the configured healthcheck (`/start`, then success or `/fail`).
 /// A failed ping is logged and changes nothing. When `cancel` completes first (a signal),
 /// the drill is dropped, which stops the sandbox PostgreSQL and removes the scratch
@@ -321,34 +326,30 @@ pub async fn run_and_ping(
     opts: &DrillOptions,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<Report, DrillError> {
-    let url = opts.config.healthcheck_url.as_deref();
-    if let Some(url) = url {
-        ping_logged(&ping::join(url, "start"), "").await;
+    let pinger = opts.config.healthcheck_url.as_deref().and_then(|url| {
+        Pinger::new(url, PING_TIMEOUT, PING_ATTEMPTS)
+            .map_err(|e| tracing::warn!(url, error = %e, "cannot set up the healthcheck ping"))
+            .ok()
+    });
+    if let Some(p) = &pinger {
+        p.send(Signal::Start, "").await;
     }
     let result = tokio::select! {
         r = run(opts) => r,
         () = cancel => Err(DrillError::Interrupted),
     };
-    if let Some(url) = url {
+    // A failed ping is logged by the pinger and changes nothing about the drill's result.
+    if let Some(p) = &pinger {
         match &result {
-            Ok(r) if r.passed => ping_logged(url, &r.text()).await,
-            Ok(r) => ping_logged(&ping::join(url, "fail"), &r.text()).await,
+            Ok(r) if r.passed => p.send(Signal::Success, &r.text()).await,
+            Ok(r) => p.send(Signal::Fail, &r.text()).await,
             Err(e) => {
                 let body = format!("restore drill could not run: {}", error_chain(e));
-                ping_logged(&ping::join(url, "fail"), &body).await
+                p.send(Signal::Fail, &body).await
             }
-        }
+        };
     }
     result
-}
-
-async fn ping_logged(url: &str, body: &str) {
-    match ping::post(url, body).await {
-        Ok(()) => tracing::info!(url, "healthcheck pinged"),
-        Err(error) => {
-            tracing::warn!(url, %error, "healthcheck ping failed (drill result unchanged)")
-        }
-    }
 }
 
 /// Runs a drill. `Err` only when it cannot start (no such snapshot, unusable scratch

@@ -10,7 +10,6 @@ pub mod drill;
 pub mod gc;
 pub mod guard;
 pub mod monitor;
-pub mod ping;
 pub mod prune;
 pub mod quota;
 pub mod repository;
