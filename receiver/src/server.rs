@@ -36,6 +36,8 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let repo = Repository::open_or_init(&config.repo)
         .with_context(|| format!("repo: cannot open or create {}", config.repo.display()))?;
+    repo.sync_all_chunk_dirs()
+        .with_context(|| format!("repo: syncing {}", repo.chunks_dir().display()))?;
     let tls = tls_config(&config)?;
     let service = Arc::new(BackupService::new(repo, config.clone(), clock));
     let svc = BackupServer::from_arc(service)

@@ -18,6 +18,7 @@ use backup_common::wire;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde_json::json;
+use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -31,6 +32,8 @@ pub const MAX_IDS_PER_REQUEST: usize = 20_000;
 pub const OBJECTS_PER_BATCH: usize = 1_000;
 /// Objects one snapshot may hold.
 pub const MAX_OBJECTS: u64 = 5_000_000;
+/// Chunks of one PutChunks stream verified and stored at the same time.
+const STORE_PARALLEL: usize = 4;
 
 struct Session {
     peer_identity: String,
@@ -284,16 +287,20 @@ impl BackupService {
         let check = manifest.clone();
         let missing = tokio::task::spawn_blocking(move || {
             let mut seen = HashSet::new();
-            check
+            let missing = check
                 .chunk_refs()
                 .filter(|r| seen.insert(r.id))
                 .filter(|r| !repo.has_chunk(&r.id))
                 .map(|r| r.id)
                 .take(5)
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            // A chunk another stream published but has not synced yet must be durable
+            // under its name before this manifest can refer to it.
+            repo.sync_chunk_dirs().map(|()| missing)
         })
         .await
-        .map_err(join_status)?;
+        .map_err(join_status)?
+        .map_err(repo_status)?;
         if !missing.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "commit references chunks the repository does not have: {}",
@@ -375,6 +382,30 @@ impl BackupService {
             suspect: manifest.suspect.is_some(),
             suspect_reason: manifest.suspect.clone().unwrap_or_default(),
         })
+    }
+
+    /// Adds one finished store of a PutChunks stream to the reply and the session totals.
+    fn count_stored(
+        &self,
+        peer: &Peer,
+        reply: &mut proto::PutChunksResponse,
+        done: Result<Result<(String, Option<u64>), Status>, tokio::task::JoinError>,
+    ) -> Result<(), Status> {
+        let (session_id, stored) = done
+            .map_err(join_status)?
+            .map_err(|s| self.reject(peer, "PutChunks", s))?;
+        match stored {
+            Some(bytes) => {
+                reply.stored += 1;
+                reply.stored_bytes += bytes;
+                if let Some(s) = self.sessions.lock().unwrap().get_mut(&session_id) {
+                    s.new_chunks += 1;
+                    s.new_bytes += bytes;
+                }
+            }
+            None => reply.duplicates += 1,
+        }
+        Ok(())
     }
 
     /// Verifies one uploaded chunk and stores it write-once. Returns stored bytes when new.
@@ -530,27 +561,38 @@ impl Backup for BackupService {
         let peer = self.admit(&request, "PutChunks")?;
         let mut stream = request.into_inner();
         let mut reply = proto::PutChunksResponse::default();
-        while let Some(up) = stream.next().await {
-            let up = up?;
-            self.touch(&peer, &up.session_id)?;
-            let repo = self.repo.clone();
-            let session_id = up.session_id.clone();
-            let stored = tokio::task::spawn_blocking(move || Self::store_chunk(&repo, &up))
-                .await
-                .map_err(join_status)?
-                .map_err(|s| self.reject(&peer, "PutChunks", s))?;
-            match stored {
-                Some(bytes) => {
-                    reply.stored += 1;
-                    reply.stored_bytes += bytes;
-                    if let Some(s) = self.sessions.lock().unwrap().get_mut(&session_id) {
-                        s.new_chunks += 1;
-                        s.new_bytes += bytes;
-                    }
+        // Several chunks are verified and stored at once: hashing uses every core and
+        // their fsyncs overlap (the filesystem commits them together).
+        let mut storing: JoinSet<Result<(String, Option<u64>), Status>> = JoinSet::new();
+        let received: Result<(), Status> = async {
+            while let Some(up) = stream.next().await {
+                let up = up?;
+                self.touch(&peer, &up.session_id)?;
+                while storing.len() >= STORE_PARALLEL {
+                    let done = storing.join_next().await.expect("non-empty");
+                    self.count_stored(&peer, &mut reply, done)?;
                 }
-                None => reply.duplicates += 1,
+                let repo = self.repo.clone();
+                storing.spawn_blocking(move || {
+                    Self::store_chunk(&repo, &up).map(|stored| (up.session_id, stored))
+                });
             }
+            while let Some(done) = storing.join_next().await {
+                self.count_stored(&peer, &mut reply, done)?;
+            }
+            Ok(())
         }
+        .await;
+        // Whatever happened, the chunks published so far get their directory entries
+        // synced before this call returns: an acknowledged chunk is a durable chunk.
+        while storing.join_next().await.is_some() {}
+        let repo = self.repo.clone();
+        let synced = tokio::task::spawn_blocking(move || repo.sync_chunk_dirs())
+            .await
+            .map_err(join_status)?
+            .map_err(repo_status);
+        received?;
+        synced?;
         Ok(Response::new(reply))
     }
 
