@@ -263,9 +263,7 @@ pub fn objects_to_dir(
         Ok(totals)
     };
     let results: Vec<Result<ObjectTotals, RestoreError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..RESTORE_PARALLEL)
-            .map(|_| scope.spawn(&worker))
-            .collect();
+        let handles: Vec<_> = (0..RESTORE_PARALLEL).map(|_| scope.spawn(worker)).collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("restore worker panicked"))

@@ -48,6 +48,7 @@ fn init_logging() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    backup_common::limit_malloc_arenas();
     backup_common::tls::install_crypto_provider();
     init_logging();
     let cli = Cli::parse();

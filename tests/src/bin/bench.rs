@@ -183,9 +183,9 @@ fn text_into(out: &mut Vec<u8>, len: usize, kind: Kind, rng: &mut Rng) {
         match kind {
             Kind::Json => {
                 n += 1;
-                let _ = write!(
+                let _ = writeln!(
                     out,
-                    "  {{\"id\": {}, \"titel\": \"{} {}\", \"jahr\": {}, \"seiten\": {}, \"schlagworte\": [\"{}\", \"{}\"]}},\n",
+                    "  {{\"id\": {}, \"titel\": \"{} {}\", \"jahr\": {}, \"seiten\": {}, \"schlagworte\": [\"{}\", \"{}\"]}},",
                     rng.below(1_000_000),
                     WORDS[rng.below(WORDS.len() as u64) as usize],
                     WORDS[rng.below(WORDS.len() as u64) as usize],
