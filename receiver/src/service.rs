@@ -33,7 +33,7 @@ pub const OBJECTS_PER_BATCH: usize = 1_000;
 /// Objects one snapshot may hold.
 pub const MAX_OBJECTS: u64 = 5_000_000;
 /// Chunks of one PutChunks stream verified and stored at the same time.
-const STORE_PARALLEL: usize = 4;
+const STORE_PARALLEL: usize = 8;
 
 struct Session {
     peer_identity: String,

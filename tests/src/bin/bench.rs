@@ -646,9 +646,13 @@ async fn night(
         load,
     };
     eprintln!(
-        "[bench] {phase}: {:.2} s, {:.1} MB/s, summary {}",
+        "[bench] {phase}: {:.2} s, {:.1} MB/s, sender peak {:.1} MiB, receiver peak {:.1} MiB, \
+         CPU {:.1} s, summary {}",
         row.wall_s,
         row.mbps(),
+        row.sender_rss_mib,
+        row.receiver_rss_mib,
+        row.cpu_s,
         serde_json::to_string(&summary)?
     );
     Ok((row, summary))
