@@ -56,6 +56,10 @@ struct Args {
     /// Number of small objects in --memory-check.
     #[arg(long, default_value_t = 100_000)]
     small_objects: u64,
+    /// Sender `objects.concurrency` (objects downloaded and chunked at once); the sender's
+    /// default when not given.
+    #[arg(long)]
+    objects_concurrency: Option<usize>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -764,6 +768,12 @@ async fn nightly(args: &Args) -> Result<()> {
         loadavg()
     );
     let stack = Stack::start().await?;
+    if let Some(n) = args.objects_concurrency {
+        // The harness writes [objects] just before [run].
+        let toml = fs::read_to_string(&stack.sender_config)?;
+        let toml = toml.replacen("\n[run]\n", &format!("concurrency = {n}\n\n[run]\n"), 1);
+        fs::write(&stack.sender_config, toml)?;
+    }
     let rx = ProcWatch {
         pid: stack.receiver.pid().context("receiver not running")?,
     };
