@@ -160,8 +160,26 @@ where
     })
 }
 
+/// Bytes of each probe [`compress_if_worth`] takes before compressing a whole chunk.
+const PROBE: usize = 32 * 1024;
+
 /// zstd-compresses `raw` when that pays; `None` means "send and store it raw".
+///
+/// Most of the archive is already-compressed scans. Two probes from the chunk (at a third
+/// and two thirds, zstd level 1) reject those at a few percent of the cost of compressing
+/// the whole chunk; only if either probe compresses is the whole chunk compressed. A chunk
+/// that compresses only outside both probes is kept raw: a little space for a lot of CPU.
 pub fn compress_if_worth(raw: &[u8]) -> Option<Vec<u8>> {
+    if raw.len() >= 8 * PROBE {
+        let probe_pays = |at: usize| {
+            let sample = &raw[at..at + PROBE];
+            zstd::bulk::compress(sample, 1)
+                .is_ok_and(|p| p.len() + PROBE / MIN_SAVING_DIVISOR < PROBE)
+        };
+        if !probe_pays(raw.len() / 3) && !probe_pays(2 * raw.len() / 3 - PROBE) {
+            return None;
+        }
+    }
     let packed = zstd::bulk::compress(raw, 3).ok()?;
     (packed.len() + raw.len() / MIN_SAVING_DIVISOR < raw.len()).then_some(packed)
 }

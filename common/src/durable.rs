@@ -29,6 +29,23 @@ pub fn write_once_with(
     name: &str,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<Published> {
+    let published = write_once_unsynced_dir(tmp_dir, dir, name, fill)?;
+    if published == Published::Created {
+        sync_dir(dir)?;
+    }
+    Ok(published)
+}
+
+/// Like [`write_once_with`] (the file's content is durable before its name appears), but
+/// the new directory entry is not fsynced: the caller must [`sync_dir`] `dir` before
+/// anything durable refers to the name. Lets many files published into a few directories
+/// share one directory fsync each.
+pub fn write_once_unsynced_dir(
+    tmp_dir: &Path,
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<Published> {
     let target = dir.join(name);
     let tmp = tmp_dir.join(format!(
         "{}.{}.{:016x}.tmp",
@@ -47,10 +64,7 @@ pub fn write_once_with(
         file.sync_all()?;
         drop(file);
         match fs::hard_link(&tmp, &target) {
-            Ok(()) => {
-                sync_dir(dir)?;
-                Ok(Published::Created)
-            }
+            Ok(()) => Ok(Published::Created),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Published::AlreadyExisted),
             Err(e) => Err(e),
         }

@@ -527,6 +527,7 @@ fn backup_common_s3_client(
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    backup_common::limit_malloc_arenas();
     backup_common::tls::install_crypto_provider();
     init_logging();
     let cli = Cli::parse();

@@ -16,9 +16,11 @@
 //! REPO/audit.log              append-only log of sessions, commits and rejections
 //! ```
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use backup_common::chunk::{self, ChunkError, ChunkId};
@@ -66,6 +68,9 @@ struct Marker {
 #[derive(Debug, Clone)]
 pub struct Repository {
     root: PathBuf,
+    /// Chunk directories holding names published since their last fsync, each with a
+    /// count of such publishes (see [`Repository::sync_chunk_dirs`]). Shared by clones.
+    unsynced: Arc<Mutex<HashMap<PathBuf, u64>>>,
 }
 
 impl Repository {
@@ -79,6 +84,7 @@ impl Repository {
         }
         let repo = Repository {
             root: root.to_path_buf(),
+            unsynced: Arc::default(),
         };
         for dir in [repo.chunks_dir(), repo.snapshots_dir(), repo.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -142,6 +148,8 @@ impl Repository {
     }
 
     /// Stores an already verified chunk payload write-once. An existing chunk is left as it is.
+    /// The chunk's bytes are durable when this returns, its directory entry only after the
+    /// next [`Repository::sync_chunk_dirs`], which must run before a manifest refers to it.
     pub fn put_chunk(
         &self,
         id: &ChunkId,
@@ -167,13 +175,56 @@ impl Repository {
             durable::sync_dir(&self.chunks_dir()).map_err(io_err(dir))?;
         }
         let name = path.file_name().and_then(|n| n.to_str()).expect("hex name");
-        durable::write_once_with(&self.tmp_dir(), dir, name, |f| {
+        let published = durable::write_once_unsynced_dir(&self.tmp_dir(), dir, name, |f| {
             use std::io::Write;
             f.write_all(&[u8::from(zstd_framed)])?;
             f.write_all(payload)?;
             f.set_modified(now)
         })
-        .map_err(io_err(&path))
+        .map_err(io_err(&path))?;
+        if published == Published::Created {
+            *self
+                .unsynced
+                .lock()
+                .unwrap()
+                .entry(dir.to_path_buf())
+                .or_default() += 1;
+        }
+        Ok(published)
+    }
+
+    /// Makes every chunk published so far (by any clone of this repository) durable under
+    /// its name: one fsync per directory that received new chunks, instead of one per chunk.
+    pub fn sync_chunk_dirs(&self) -> Result<(), RepoError> {
+        let pending: Vec<(PathBuf, u64)> = self
+            .unsynced
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(d, n)| (d.clone(), *n))
+            .collect();
+        for (dir, count) in pending {
+            durable::sync_dir(&dir).map_err(io_err(&dir))?;
+            let mut unsynced = self.unsynced.lock().unwrap();
+            // A publish that raced with this fsync bumped the count: keep the entry.
+            if unsynced.get(&dir) == Some(&count) {
+                unsynced.remove(&dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// fsyncs every chunk directory: after a restart, chunks published by a process that
+    /// died before syncing them are made durable before any new commit can refer to them.
+    pub fn sync_all_chunk_dirs(&self) -> Result<(), RepoError> {
+        let dir = self.chunks_dir();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            if path.is_dir() {
+                durable::sync_dir(&path).map_err(io_err(&path))?;
+            }
+        }
+        Ok(())
     }
 
     /// If the chunk exists, moves its mtime forward to `now` (never back) and returns true.

@@ -214,6 +214,10 @@ pub struct ObjectTotals {
     pub bytes: u64,
 }
 
+/// Objects restored at the same time: reading, verifying and the per-file fsync of one
+/// object overlap with the others'.
+const RESTORE_PARALLEL: usize = 4;
+
 /// Restores every object to `dir/<key>`. Keys that would escape `dir` are refused (the
 /// others are still restored, and the call then fails naming the refused keys).
 pub fn objects_to_dir(
@@ -221,26 +225,57 @@ pub fn objects_to_dir(
     manifest: &Manifest,
     dir: &Path,
 ) -> Result<ObjectTotals, RestoreError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
     fs::create_dir_all(dir).map_err(io_at(dir))?;
-    let mut totals = ObjectTotals::default();
-    let mut refused: Vec<KeyError> = Vec::new();
-    for o in &manifest.objects {
-        let path = match keys::safe_join(dir, &o.key) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(key = ?o.key, error = %e, "refusing unsafe object key");
-                refused.push(e);
-                continue;
+    let refused: Mutex<Vec<KeyError>> = Mutex::new(Vec::new());
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    // Each worker takes the next object until all are done or one failed.
+    let worker = || -> Result<ObjectTotals, RestoreError> {
+        let mut totals = ObjectTotals::default();
+        while !failed.load(Ordering::Relaxed) {
+            let Some(o) = manifest.objects.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            let path = match keys::safe_join(dir, &o.key) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(key = ?o.key, error = %e, "refusing unsafe object key");
+                    refused.lock().unwrap().push(e);
+                    continue;
+                }
+            };
+            let result = (|| {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(io_at(parent))?;
+                }
+                write_file(repo, &o.key, &o.chunks, o.size, o.hash, &path)
+            })();
+            if let Err(e) = result {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
             }
-        };
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_at(parent))?;
+            totals.objects += 1;
+            totals.bytes += o.size;
         }
-        write_file(repo, &o.key, &o.chunks, o.size, o.hash, &path)?;
-        totals.objects += 1;
-        totals.bytes += o.size;
+        Ok(totals)
+    };
+    let results: Vec<Result<ObjectTotals, RestoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..RESTORE_PARALLEL).map(|_| scope.spawn(worker)).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("restore worker panicked"))
+            .collect()
+    });
+    let mut totals = ObjectTotals::default();
+    for r in results {
+        let t = r?;
+        totals.objects += t.objects;
+        totals.bytes += t.bytes;
     }
-    match refused.into_iter().next() {
+    match refused.into_inner().unwrap().into_iter().next() {
         None => Ok(totals),
         Some(first) => Err(RestoreError::UnsafeKeys {
             count: manifest

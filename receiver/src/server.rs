@@ -25,6 +25,8 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let repo = Repository::open_or_init(&config.repo)
         .with_context(|| format!("repo: cannot open or create {}", config.repo.display()))?;
+    repo.sync_all_chunk_dirs()
+        .with_context(|| format!("repo: syncing {}", repo.chunks_dir().display()))?;
     let tls = TlsMaterial::load(&config)?;
     let service = Arc::new(BackupService::new(
         repo.clone(),

@@ -19,6 +19,7 @@ use backup_common::wire;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde_json::json;
+use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -36,6 +37,22 @@ pub const MAX_IDS_PER_REQUEST: usize = 20_000;
 pub const OBJECTS_PER_BATCH: usize = 1_000;
 /// Objects one snapshot may hold.
 pub const MAX_OBJECTS: u64 = 5_000_000;
+/// Chunks of one PutChunks stream verified and stored at the same time.
+const STORE_PARALLEL: usize = 8;
+
+/// One chunk's way through a PutChunks stream (see `advance_store`).
+enum StoreStep {
+    Verified {
+        up: proto::ChunkUpload,
+        checked: Result<Option<(ChunkId, u64)>, Status>,
+        now: SystemTime,
+    },
+    Stored {
+        session_id: String,
+        bytes: u64,
+        result: Result<Published, RepoError>,
+    },
+}
 
 struct Session {
     peer_identity: String,
@@ -405,16 +422,20 @@ impl BackupService {
         let check = manifest.clone();
         let missing = tokio::task::spawn_blocking(move || {
             let mut seen = HashSet::new();
-            check
+            let missing = check
                 .chunk_refs()
                 .filter(|r| seen.insert(r.id))
                 .filter(|r| !repo.has_chunk(&r.id))
                 .map(|r| r.id)
                 .take(5)
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            // A chunk another stream published but has not synced yet must be durable
+            // under its name before this manifest can refer to it.
+            repo.sync_chunk_dirs().map(|()| missing)
         })
         .await
-        .map_err(join_status)?;
+        .map_err(join_status)?
+        .map_err(repo_status)?;
         if !missing.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "commit references chunks the repository does not have: {}",
@@ -559,6 +580,54 @@ impl BackupService {
         }
         // The stored file: one tag byte and the payload.
         Ok(Some((id, up.data.len() as u64 + 1)))
+    }
+
+    /// Moves one chunk of a PutChunks stream on: a verified chunk has its bytes reserved
+    /// and is handed to a store task; a stored chunk is counted (or its reservation given
+    /// back when it was not stored by this upload).
+    fn advance_store(
+        &self,
+        peer: &Peer,
+        reply: &mut proto::PutChunksResponse,
+        tasks: &mut JoinSet<StoreStep>,
+        done: Result<StoreStep, tokio::task::JoinError>,
+    ) -> Result<(), Status> {
+        match done.map_err(join_status)? {
+            StoreStep::Verified { up, checked, now } => {
+                let Some((id, bytes)) = checked.map_err(|s| self.reject(peer, "PutChunks", s))?
+                else {
+                    reply.duplicates += 1;
+                    return Ok(());
+                };
+                self.reserve_bytes(&up.session_id, bytes)
+                    .map_err(|s| self.reject(peer, "PutChunks", s))?;
+                let repo = self.repo.clone();
+                tasks.spawn_blocking(move || StoreStep::Stored {
+                    result: repo.put_chunk_at(&id, up.zstd, &up.data, now),
+                    session_id: up.session_id,
+                    bytes,
+                });
+            }
+            StoreStep::Stored {
+                session_id,
+                bytes,
+                result,
+            } => match result {
+                Ok(Published::Created) => {
+                    reply.stored += 1;
+                    reply.stored_bytes += bytes;
+                }
+                Ok(Published::AlreadyExisted) => {
+                    self.release_bytes(&session_id, bytes);
+                    reply.duplicates += 1;
+                }
+                Err(e) => {
+                    self.release_bytes(&session_id, bytes);
+                    return Err(self.reject(peer, "PutChunks", repo_status(e)));
+                }
+            },
+        }
+        Ok(())
     }
 
     /// Counts `bytes` against the session's and the day's limits and the free-space
@@ -729,45 +798,42 @@ impl Backup for BackupService {
         let peer = self.admit(&request, "PutChunks").await?;
         let mut stream = request.into_inner();
         let mut reply = proto::PutChunksResponse::default();
-        while let Some(up) = stream.next().await {
-            let up = up?;
-            self.touch(&peer, &up.session_id)?;
-            let repo = self.repo.clone();
-            let session_id = up.session_id.clone();
-            // The receiver's clock stamps (or touches) the chunk: GC's grace counts from it.
-            let now = SystemTime::from((self.clock)());
-            let (checked, up) = tokio::task::spawn_blocking(move || {
-                let checked = Self::verify_chunk(&repo, &up, now);
-                (checked, up)
-            })
-            .await
-            .map_err(join_status)?;
-            let Some((id, bytes)) = checked.map_err(|s| self.reject(&peer, "PutChunks", s))? else {
-                reply.duplicates += 1;
-                continue;
-            };
-            self.reserve_bytes(&session_id, bytes)
-                .map_err(|s| self.reject(&peer, "PutChunks", s))?;
-            let repo = self.repo.clone();
-            let published =
-                tokio::task::spawn_blocking(move || repo.put_chunk_at(&id, up.zstd, &up.data, now))
-                    .await
-                    .map_err(join_status)?;
-            match published {
-                Ok(Published::Created) => {
-                    reply.stored += 1;
-                    reply.stored_bytes += bytes;
+        // Several chunks are verified and stored at once: hashing uses every core and their
+        // fsyncs overlap. Each chunk is verified, then its bytes are reserved against the
+        // quotas (on this task, in arrival order of verification), then it is stored.
+        let mut tasks: JoinSet<StoreStep> = JoinSet::new();
+        let received: Result<(), Status> = async {
+            while let Some(up) = stream.next().await {
+                let up = up?;
+                self.touch(&peer, &up.session_id)?;
+                while tasks.len() >= STORE_PARALLEL {
+                    let done = tasks.join_next().await.expect("non-empty");
+                    self.advance_store(&peer, &mut reply, &mut tasks, done)?;
                 }
-                Ok(Published::AlreadyExisted) => {
-                    self.release_bytes(&session_id, bytes);
-                    reply.duplicates += 1;
-                }
-                Err(e) => {
-                    self.release_bytes(&session_id, bytes);
-                    return Err(self.reject(&peer, "PutChunks", repo_status(e)));
-                }
+                let repo = self.repo.clone();
+                // The receiver's clock stamps (or touches) the chunk: GC's grace counts from it.
+                let now = SystemTime::from((self.clock)());
+                tasks.spawn_blocking(move || {
+                    let checked = Self::verify_chunk(&repo, &up, now);
+                    StoreStep::Verified { up, checked, now }
+                });
             }
+            while let Some(done) = tasks.join_next().await {
+                self.advance_store(&peer, &mut reply, &mut tasks, done)?;
+            }
+            Ok(())
         }
+        .await;
+        // Whatever happened, the chunks published so far get their directory entries
+        // synced before this call returns: an acknowledged chunk is a durable chunk.
+        while tasks.join_next().await.is_some() {}
+        let repo = self.repo.clone();
+        let synced = tokio::task::spawn_blocking(move || repo.sync_chunk_dirs())
+            .await
+            .map_err(join_status)?
+            .map_err(repo_status);
+        received?;
+        synced?;
         Ok(Response::new(reply))
     }
 

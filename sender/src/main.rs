@@ -114,6 +114,7 @@ async fn check_cmd(config: PathBuf) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    backup_common::limit_malloc_arenas();
     backup_common::tls::install_crypto_provider();
     let tail = LogTail::new(log_tail::DEFAULT_LINES);
     init_logging(&tail);

@@ -158,6 +158,11 @@ allowed_networks = ["127.0.0.0/8"]
         format!("https://localhost:{}", self.port)
     }
 
+    /// Process id of the running receiver (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: the crash case.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
