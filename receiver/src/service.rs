@@ -37,22 +37,12 @@ pub const MAX_IDS_PER_REQUEST: usize = 20_000;
 pub const OBJECTS_PER_BATCH: usize = 1_000;
 /// Objects one snapshot may hold.
 pub const MAX_OBJECTS: u64 = 5_000_000;
+/// What one chunk store task of a PutChunks stream returns: its session, the bytes
+/// reserved for it, and whether it was stored (`None`: the repository had it already).
+type StoreOutcome = (String, u64, Result<Option<Published>, Status>);
+
 /// Chunks of one PutChunks stream verified and stored at the same time.
 const STORE_PARALLEL: usize = 8;
-
-/// One chunk's way through a PutChunks stream (see `advance_store`).
-enum StoreStep {
-    Verified {
-        up: proto::ChunkUpload,
-        checked: Result<Option<(ChunkId, u64)>, Status>,
-        now: SystemTime,
-    },
-    Stored {
-        session_id: String,
-        bytes: u64,
-        result: Result<Published, RepoError>,
-    },
-}
 
 struct Session {
     peer_identity: String,
@@ -556,13 +546,13 @@ impl BackupService {
         })
     }
 
-    /// Verifies one uploaded chunk. Returns its id and the bytes storing it will take, or
+    /// Verifies one uploaded chunk. Returns its id when it must be stored, or
     /// `None` when the repository has it already (nothing to store).
     fn verify_chunk(
         repo: &Repository,
         up: &proto::ChunkUpload,
         now: SystemTime,
-    ) -> Result<Option<(ChunkId, u64)>, Status> {
+    ) -> Result<Option<ChunkId>, Status> {
         let id =
             ChunkId::from_slice(&up.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if up.raw_len == 0 || up.raw_len > MAX_CHUNK {
@@ -578,56 +568,34 @@ impl BackupService {
         if repo.touch_chunk(&id, now) {
             return Ok(None);
         }
-        // The stored file: one tag byte and the payload.
-        Ok(Some((id, up.data.len() as u64 + 1)))
+        Ok(Some(id))
     }
 
-    /// Moves one chunk of a PutChunks stream on: a verified chunk has its bytes reserved
-    /// and is handed to a store task; a stored chunk is counted (or its reservation given
-    /// back when it was not stored by this upload).
-    fn advance_store(
+    /// Counts one finished chunk store of a PutChunks stream, giving its reservation back
+    /// when this upload did not store it (a duplicate, or an error).
+    fn count_stored(
         &self,
         peer: &Peer,
         reply: &mut proto::PutChunksResponse,
-        tasks: &mut JoinSet<StoreStep>,
-        done: Result<StoreStep, tokio::task::JoinError>,
+        done: Result<StoreOutcome, tokio::task::JoinError>,
     ) -> Result<(), Status> {
-        match done.map_err(join_status)? {
-            StoreStep::Verified { up, checked, now } => {
-                let Some((id, bytes)) = checked.map_err(|s| self.reject(peer, "PutChunks", s))?
-                else {
-                    reply.duplicates += 1;
-                    return Ok(());
-                };
-                self.reserve_bytes(&up.session_id, bytes)
-                    .map_err(|s| self.reject(peer, "PutChunks", s))?;
-                let repo = self.repo.clone();
-                tasks.spawn_blocking(move || StoreStep::Stored {
-                    result: repo.put_chunk_at(&id, up.zstd, &up.data, now),
-                    session_id: up.session_id,
-                    bytes,
-                });
+        let (session_id, bytes, result) = done.map_err(join_status)?;
+        match result {
+            Ok(Some(Published::Created)) => {
+                reply.stored += 1;
+                reply.stored_bytes += bytes;
+                Ok(())
             }
-            StoreStep::Stored {
-                session_id,
-                bytes,
-                result,
-            } => match result {
-                Ok(Published::Created) => {
-                    reply.stored += 1;
-                    reply.stored_bytes += bytes;
-                }
-                Ok(Published::AlreadyExisted) => {
-                    self.release_bytes(&session_id, bytes);
-                    reply.duplicates += 1;
-                }
-                Err(e) => {
-                    self.release_bytes(&session_id, bytes);
-                    return Err(self.reject(peer, "PutChunks", repo_status(e)));
-                }
-            },
+            Ok(None | Some(Published::AlreadyExisted)) => {
+                self.release_bytes(&session_id, bytes);
+                reply.duplicates += 1;
+                Ok(())
+            }
+            Err(status) => {
+                self.release_bytes(&session_id, bytes);
+                Err(self.reject(peer, "PutChunks", status))
+            }
         }
-        Ok(())
     }
 
     /// Counts `bytes` against the session's and the day's limits and the free-space
@@ -799,34 +767,51 @@ impl Backup for BackupService {
         let mut stream = request.into_inner();
         let mut reply = proto::PutChunksResponse::default();
         // Several chunks are verified and stored at once: hashing uses every core and their
-        // fsyncs overlap. Each chunk is verified, then its bytes are reserved against the
-        // quotas (on this task, in arrival order of verification), then it is stored.
-        let mut tasks: JoinSet<StoreStep> = JoinSet::new();
+        // fsyncs overlap. A chunk's bytes are reserved against the quotas before its task
+        // starts (a duplicate gives them back), and each task verifies and stores its chunk
+        // whole: a started task finishes even if the stream breaks off, so a retry only
+        // sends what did not arrive.
+        let mut tasks: JoinSet<StoreOutcome> = JoinSet::new();
         let received: Result<(), Status> = async {
             while let Some(up) = stream.next().await {
                 let up = up?;
                 self.touch(&peer, &up.session_id)?;
                 while tasks.len() >= STORE_PARALLEL {
                     let done = tasks.join_next().await.expect("non-empty");
-                    self.advance_store(&peer, &mut reply, &mut tasks, done)?;
+                    self.count_stored(&peer, &mut reply, done)?;
                 }
+                // The stored file: one tag byte and the payload.
+                let bytes = up.data.len() as u64 + 1;
+                self.reserve_bytes(&up.session_id, bytes)
+                    .map_err(|s| self.reject(&peer, "PutChunks", s))?;
                 let repo = self.repo.clone();
                 // The receiver's clock stamps (or touches) the chunk: GC's grace counts from it.
                 let now = SystemTime::from((self.clock)());
                 tasks.spawn_blocking(move || {
-                    let checked = Self::verify_chunk(&repo, &up, now);
-                    StoreStep::Verified { up, checked, now }
+                    let result = Self::verify_chunk(&repo, &up, now).and_then(|checked| {
+                        checked
+                            .map(|id| {
+                                repo.put_chunk_at(&id, up.zstd, &up.data, now)
+                                    .map_err(repo_status)
+                            })
+                            .transpose()
+                    });
+                    (up.session_id, bytes, result)
                 });
             }
             while let Some(done) = tasks.join_next().await {
-                self.advance_store(&peer, &mut reply, &mut tasks, done)?;
+                self.count_stored(&peer, &mut reply, done)?;
             }
             Ok(())
         }
         .await;
+        // Chunks still being stored when the stream failed are counted (their errors no
+        // longer matter to this reply).
+        while let Some(done) = tasks.join_next().await {
+            let _ = self.count_stored(&peer, &mut reply, done);
+        }
         // Whatever happened, the chunks published so far get their directory entries
         // synced before this call returns: an acknowledged chunk is a durable chunk.
-        while tasks.join_next().await.is_some() {}
         let repo = self.repo.clone();
         let synced = tokio::task::spawn_blocking(move || repo.sync_chunk_dirs())
             .await
