@@ -316,7 +316,9 @@ async fn net_helpers_and_s3_shutdown() -> anyhow::Result<()> {
     let b = free_port();
     assert!(a > 0 && b > 0);
 
-    let closed = loopback(free_port());
+    // Port 1 (tcpmux): nothing here listens on it. A "free" port could be taken by a
+    // test running in parallel between the check and the connect.
+    let closed = loopback(1);
     let started = Instant::now();
     assert!(wait_for_tcp(closed, Duration::from_millis(200))
         .await
