@@ -9,6 +9,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
 
+/// Lists the tables whose row counts a manifest records, as (quoted name for a query,
+/// `schema.table` key), sorted by key. The sender counts them in the dump's snapshot; the
+/// drill and the tests count a restored database with the same query.
+pub const ROW_COUNT_TABLES_SQL: &str =
+    "SELECT format('%I.%I', n.nspname, c.relname), n.nspname || '.' || c.relname
+   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind = 'r'
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+  ORDER BY 2";
+
 /// Version of the manifest format; readers refuse versions they do not know.
 pub const FORMAT_VERSION: u32 = 1;
 

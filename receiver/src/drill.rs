@@ -18,6 +18,7 @@ use backup_common::config::{DrillConfig, SanityQuery};
 use backup_common::error_chain;
 use backup_common::keys;
 use backup_common::manifest::Manifest;
+use backup_common::manifest::ROW_COUNT_TABLES_SQL;
 use backup_common::ping::{Pinger, Signal};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -653,15 +654,7 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
 /// Row count of every ordinary table, named `schema.table`, as the sender records them.
 async fn table_counts(client: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>, String> {
     let tables = client
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname), n.nspname || '.' || c.relname
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
-              ORDER BY 2",
-            &[],
-        )
+        .query(ROW_COUNT_TABLES_SQL, &[])
         .await
         .map_err(|e| format!("listing tables: {}", error_chain(&e)))?;
     let mut counts = BTreeMap::new();

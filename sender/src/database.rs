@@ -12,6 +12,7 @@ use std::str::FromStr;
 use anyhow::Context;
 use backup_common::chunk::{chunk_stream, ChunkError, StreamSummary};
 use backup_common::config::{read_secret, DatabaseConfig};
+use backup_common::manifest::ROW_COUNT_TABLES_SQL;
 use tokio::io::AsyncReadExt;
 use tokio_postgres::{Client, NoTls};
 
@@ -81,15 +82,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<(Client, String), DumpError
 
 async fn row_counts(tx: &tokio_postgres::Transaction<'_>) -> anyhow::Result<RowCounts> {
     let tables = tx
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname), n.nspname || '.' || c.relname
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
-              ORDER BY 2",
-            &[],
-        )
+        .query(ROW_COUNT_TABLES_SQL, &[])
         .await
         .context("listing tables")?;
     let mut counts = RowCounts::new();

@@ -314,26 +314,7 @@ impl Baseline {
     }
 }
 
-/// Every file below `root`, relative path → bytes.
-pub fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    if !root.exists() {
-        return out;
-    }
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                let key = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-                out.insert(key, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
+pub use crate::checks::read_tree;
 
 /// What the repository stores (chunks, snapshots, acks): path → (mode, blake3 of bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use backup_common::manifest::ROW_COUNT_TABLES_SQL;
 use backup_common::tls::{init_certs, CertSpec};
 
 use crate::net::{free_port, wait_for_tcp};
@@ -420,15 +421,7 @@ pub async fn row_counts(
     db: &str,
 ) -> Result<std::collections::BTreeMap<String, u64>> {
     let c = pg.client(db).await?;
-    let tables = c
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname), n.nspname || '.' || c.relname
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND n.nspname NOT LIKE 'pg_toast%'",
-            &[],
-        )
-        .await?;
+    let tables = c.query(ROW_COUNT_TABLES_SQL, &[]).await?;
     let mut out = std::collections::BTreeMap::new();
     for t in tables {
         let q: String = t.get(0);

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use backup_tests::checks::read_tree;
 use backup_tests::pg::tool;
 use backup_tests::stack::{noise, receiver_cli, row_counts, Stack, BUCKET, DATABASE};
 
@@ -13,23 +14,6 @@ async fn put_all(stack: &Stack, objects: &mut BTreeMap<String, Vec<u8>>, new: &[
         stack.s3.put(BUCKET, key, data.clone()).await.unwrap();
         objects.insert(key.to_string(), data.clone());
     }
-}
-
-fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let key = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-                out.insert(key, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 fn restore(stack: &Stack, snapshot: &str, args: &[&str]) -> std::process::Output {

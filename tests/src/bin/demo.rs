@@ -3,10 +3,11 @@
 //! snapshot list, and a verified restore. Run it with `scripts/demo`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
+use backup_tests::checks::read_tree;
 use backup_tests::pg::tool;
 use backup_tests::stack::{bin, noise, row_counts, Stack, BUCKET, DATABASE};
 
@@ -56,23 +57,6 @@ fn night(stack: &Stack, n: u32) -> Result<serde_json::Value> {
 fn put(bucket: &mut BTreeMap<String, Vec<u8>>, key: &str, data: Vec<u8>) -> (String, Vec<u8>) {
     bucket.insert(key.to_string(), data.clone());
     (key.to_string(), data)
-}
-
-fn files_under(root: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let p = e?.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                let key = p.strip_prefix(root)?.to_string_lossy().into_owned();
-                out.insert(key, std::fs::read(&p)?);
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[tokio::main]
@@ -169,7 +153,7 @@ async fn main() -> Result<()> {
         "--objects-out",
         objects_out.to_str().unwrap(),
     ])?;
-    let restored = files_under(&objects_out)?;
+    let restored = read_tree(&objects_out);
     ensure!(
         restored == bucket,
         "restored objects differ from the bucket"
