@@ -53,20 +53,28 @@ pub async fn sender_client(stack: &Stack) -> Client {
         .expect("connect with the sender's certificate")
 }
 
+/// A channel to the stack's receiver presenting `cert`/`key` from its certs directory.
+pub async fn identity_channel(
+    stack: &Stack,
+    cert: &str,
+    key: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    channel(
+        stack.receiver.port,
+        &stack.certs.path("ca.pem"),
+        &stack.certs.path(cert),
+        &stack.certs.path(key),
+    )
+    .await
+}
+
 /// A raw client presenting the certificate `cert`/`key` from the stack's certs directory.
 pub async fn identity_client(
     stack: &Stack,
     cert: &str,
     key: &str,
 ) -> Result<Client, tonic::transport::Error> {
-    let ch = channel(
-        stack.receiver.port,
-        &stack.certs.path("ca.pem"),
-        &stack.certs.path(cert),
-        &stack.certs.path(key),
-    )
-    .await?;
-    Ok(client(ch))
+    Ok(client(identity_channel(stack, cert, key).await?))
 }
 
 pub async fn begin(c: &mut Client) -> Result<String, Status> {

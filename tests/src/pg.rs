@@ -25,8 +25,6 @@ pub const SUPERUSER: &str = "postgres";
 /// [`PgCluster::start_with_password_auth`].
 pub const SUPERUSER_PASSWORD: &str = "pg-superuser-pw-4711";
 
-/// Where PostgreSQL 15 lives when `pg_config` is unavailable.
-const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 /// OS account the server runs as when the tests run as root.
 const OS_USER: &str = "postgres";
 /// How long the server may take to accept connections.
@@ -44,17 +42,9 @@ const LOG_TAIL_LINES: usize = 40;
 /// if that works and contains `initdb`, else `/usr/lib/postgresql/15/bin`).
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        Command::new("pg_config")
-            .arg("--bindir")
-            .output()
-            .ok()
-            .filter(|out| out.status.success())
-            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-            .filter(|dir| dir.join("initdb").is_file())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR))
-    })
-    .clone()
+    // The drill's own lookup, so tests and production find the same binaries.
+    DIR.get_or_init(|| backup_receiver::sandbox_pg::bin_dir(None))
+        .clone()
 }
 
 /// Full path of a PostgreSQL tool such as `pg_dump` or `psql`.

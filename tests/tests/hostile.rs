@@ -190,14 +190,9 @@ async fn no_call_deletes_or_reads_back_and_unknown_calls_are_unimplemented() {
 
     let (stack, baseline) = stack_with("").await;
     let before = Stored::capture(stack.repo());
-    let ch = channel(
-        stack.receiver.port,
-        &stack.certs.path("ca.pem"),
-        &stack.certs.path("sender.pem"),
-        &stack.certs.path("sender.key"),
-    )
-    .await
-    .unwrap();
+    let ch = identity_channel(&stack, "sender.pem", "sender.key")
+        .await
+        .unwrap();
     // Calls a hostile client might hope exist, sent as raw gRPC.
     for method in ["DeleteSnapshot", "GetChunk", "Prune", "RenameSnapshot"] {
         let mut grpc = tonic::client::Grpc::new(ch.clone());
@@ -876,14 +871,9 @@ async fn invalid_utf8_in_a_key_is_refused_by_the_protocol() {
 
     let (stack, baseline) = stack_with("").await;
     let before = Stored::capture(stack.repo());
-    let ch = channel(
-        stack.receiver.port,
-        &stack.certs.path("ca.pem"),
-        &stack.certs.path("sender.pem"),
-        &stack.certs.path("sender.key"),
-    )
-    .await
-    .unwrap();
+    let ch = identity_channel(&stack, "sender.pem", "sender.key")
+        .await
+        .unwrap();
     let session = begin(&mut client(ch.clone())).await.unwrap();
     let parts = vec![
         RawPart {
