@@ -332,11 +332,11 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
 
     let dump_entry = DumpEntry {
         file_name: dump_name.clone(),
-        database: dumped.database.clone(),
+        database: dumped.database,
         size: dumped.summary.size,
         hash: dumped.summary.hash,
-        chunks: dumped.chunks.clone(),
-        row_counts: dumped.row_counts.clone(),
+        chunks: dumped.chunks,
+        row_counts: dumped.row_counts,
     };
     let committed = commit(
         &client,
