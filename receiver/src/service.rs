@@ -442,16 +442,19 @@ impl BackupService {
         manifest.time = now;
         let repo = self.repo.clone();
         let cap = self.config.limits.max_snapshots_per_day;
-        let previous = {
+        // Snapshot ids begin with their commit date on the receiver's clock (see
+        // `snapshot_id_base`), so today's count needs no manifest to be read.
+        let today_prefix = now.format("%Y%m%dT").to_string();
+        let ids = {
             let repo = repo.clone();
-            tokio::task::spawn_blocking(move || repo.manifests())
+            tokio::task::spawn_blocking(move || repo.snapshot_ids())
                 .await
                 .map_err(join_status)?
                 .map_err(repo_status)?
         };
-        let today = previous
+        let today = ids
             .iter()
-            .filter(|m| m.time.date_naive() == now.date_naive())
+            .filter(|id| id.starts_with(&today_prefix))
             .count();
         if today as u32 >= cap {
             return Err(Status::resource_exhausted(format!(
