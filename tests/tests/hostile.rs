@@ -440,10 +440,12 @@ async fn client_certificate_from_a_foreign_ca_is_refused() {
     let err = attempt
         .await
         .expect_err("a foreign CA's certificate got in");
+    // Where the refusal surfaces depends on timing: in the handshake (Unavailable), or as the
+    // connection closed under the first request (Cancelled/Unknown). Never as a gRPC answer.
     assert!(
         matches!(
             err.code(),
-            Code::Unavailable | Code::Unknown | Code::Internal
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
         ),
         "{err:?}"
     );

@@ -610,25 +610,32 @@ async fn metrics_endpoint_reports_the_committed_snapshot() {
     let check = tokio::task::block_in_place(|| stack.sender(&["check"]));
     assert_eq!(check.code(), Some(4));
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let text = scrape(port).await;
     let snaps = stack.snapshots();
     assert_eq!(snaps.len(), 1);
     let time = chrono_free_unix(snaps[0]["time"].as_str().unwrap());
     let total = summary["dump_bytes"].as_u64().unwrap() + 600_000;
-    for line in [
+    let expected = [
         "backup_receiver_snapshots 1".to_string(),
         format!("backup_receiver_last_snapshot_timestamp_seconds {time}"),
         format!("backup_receiver_last_snapshot_bytes {total}"),
         format!("backup_receiver_logical_bytes {total}"),
         "backup_receiver_rejected_requests_total{reason=\"identity\"} 1".to_string(),
         "backup_receiver_alert{kind=\"missed_window\"} 0".to_string(),
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing {line:?} in\n{text}"
-        );
-    }
+    ];
+    // The repository figures are refreshed by the monitor's periodic check: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape(port).await;
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|line| !text.lines().any(|l| l == line.as_str()))
+            .collect();
+        if missing.is_empty() {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "missing {missing:?} in\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let value = |name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
