@@ -59,7 +59,10 @@ impl S3Server {
             .map_err(|e| anyhow::anyhow!("{e:?}"))
             .context("opening the s3s-fs store")?;
         let service = {
-            let mut b = S3ServiceBuilder::new(ListingETags { inner: fs });
+            let mut b = S3ServiceBuilder::new(ListingETags {
+                inner: fs,
+                root: dir.path().to_path_buf(),
+            });
             b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
             b.build()
         };
@@ -291,14 +294,22 @@ impl Drop for S3Server {
     }
 }
 
-/// s3s-fs with ETags in object listings.
+/// s3s-fs with ETags in object listings, and whole-object GETs in large reads.
 ///
 /// s3s-fs 0.14 leaves `ETag` out of `ListObjects(V2)` results, which real S3
-/// always includes; this wrapper fills them in from `HeadObject` and passes
-/// every other operation through unchanged.
+/// always includes; this wrapper fills them in from `HeadObject`. It also
+/// streams the body of a whole-object `GetObject` in 1 MiB reads: s3s-fs reads
+/// in 4 KiB steps, one tokio blocking-pool task each, which cost the benchmark
+/// about a third of the machine's CPU (docs/PERFORMANCE.md, section 8). Every
+/// other operation passes through unchanged.
 struct ListingETags {
     inner: FileSystem,
+    /// s3s-fs's root: an object lives at `<root>/<bucket>/<key>`.
+    root: std::path::PathBuf,
 }
+
+/// Read size for GetObject bodies (MinIO reads in 1 MiB blocks too).
+const GET_READ_BYTES: usize = 1024 * 1024;
 
 impl ListingETags {
     /// Sets the ETag of each object that lacks one.
@@ -320,6 +331,28 @@ impl ListingETags {
             }
         }
         Ok(())
+    }
+
+    async fn get(
+        &self,
+        req: S3Request<dto::GetObjectInput>,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        use tokio::io::AsyncReadExt;
+        let whole = req.input.range.is_none() && req.input.part_number.is_none();
+        let path = self.root.join(&req.input.bucket).join(&req.input.key);
+        // s3s-fs validates the names, opens the file and computes the headers.
+        let mut resp = self.inner.get_object(req).await?;
+        let length = resp.output.content_length.unwrap_or(0);
+        if whole {
+            if let Ok(file) = tokio::fs::File::open(&path).await {
+                let body = tokio_util::io::ReaderStream::with_capacity(
+                    file.take(length as u64),
+                    GET_READ_BYTES,
+                );
+                resp.output.body = Some(dto::StreamingBlob::wrap(body));
+            }
+        }
+        Ok(resp)
     }
 
     async fn list_v1(
@@ -361,7 +394,8 @@ fn internal_request<T>(input: T) -> S3Request<T> {
 }
 
 /// Implements [`S3`] for [`ListingETags`]: the listed operations go straight
-/// to s3s-fs, the two listings through the ETag-filling methods.
+/// to s3s-fs, the two listings through the ETag-filling methods, GetObject
+/// through [`ListingETags::get`].
 macro_rules! delegate_to_fs {
     ($($op:ident: $input:ident => $output:ident;)*) => {
         #[async_trait::async_trait]
@@ -371,6 +405,10 @@ macro_rules! delegate_to_fs {
                     self.inner.$op(req).await
                 }
             )*
+
+            async fn get_object(&self, req: S3Request<dto::GetObjectInput>) -> S3Result<S3Response<dto::GetObjectOutput>> {
+                self.get(req).await
+            }
 
             async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
                 self.list_v1(req).await
@@ -393,7 +431,6 @@ delegate_to_fs! {
     delete_object: DeleteObjectInput => DeleteObjectOutput;
     delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
     get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
-    get_object: GetObjectInput => GetObjectOutput;
     head_bucket: HeadBucketInput => HeadBucketOutput;
     head_object: HeadObjectInput => HeadObjectOutput;
     list_buckets: ListBucketsInput => ListBucketsOutput;
