@@ -2,8 +2,14 @@
 //! on-disk chunk encoding. A chunk's id is checked on every decode: bytes that do not hash
 //! to their name are never handed out.
 
+mod stream;
+
+pub use stream::chunk_stream;
+
+use std::borrow::Cow;
 use std::fmt;
-use std::io::Read;
+
+use bytes::Bytes;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -101,7 +107,8 @@ impl<'de> Deserialize<'de> for ChunkId {
 /// One content-defined piece of a stream.
 pub struct Chunk {
     pub id: ChunkId,
-    pub data: Vec<u8>,
+    /// Shared, so a batch kept for a retry and the request being sent hold one copy.
+    pub data: Bytes,
 }
 
 /// Size and blake3 of a whole stream, computed while it was chunked.
@@ -109,55 +116,6 @@ pub struct Chunk {
 pub struct StreamSummary {
     pub size: u64,
     pub hash: ChunkId,
-}
-
-/// Reader adapter that hashes and counts everything read through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: blake3::Hasher,
-    size: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-}
-
-/// Splits `reader` into chunks, handing each to `sink` in order. Memory stays at a few
-/// chunk sizes however long the stream is. Returns the whole stream's size and hash.
-pub fn chunk_stream<R, E>(
-    reader: R,
-    mut sink: impl FnMut(Chunk) -> Result<(), E>,
-) -> Result<StreamSummary, E>
-where
-    R: Read,
-    E: From<ChunkError>,
-{
-    let mut hashing = HashingReader {
-        inner: reader,
-        hasher: blake3::Hasher::new(),
-        size: 0,
-    };
-    let cdc = fastcdc::v2020::StreamCDC::new(&mut hashing, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
-    for piece in cdc {
-        let piece = piece.map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(io) => ChunkError::Read(io),
-            other => ChunkError::Read(std::io::Error::other(other.to_string())),
-        })?;
-        let id = ChunkId::of(&piece.data);
-        sink(Chunk {
-            id,
-            data: piece.data,
-        })?;
-    }
-    Ok(StreamSummary {
-        size: hashing.size,
-        hash: ChunkId(*hashing.hasher.finalize().as_bytes()),
-    })
 }
 
 /// Bytes of each probe [`compress_if_worth`] takes before compressing a whole chunk.
@@ -184,14 +142,25 @@ pub fn compress_if_worth(raw: &[u8]) -> Option<Vec<u8>> {
     (packed.len() + raw.len() / MIN_SAVING_DIVISOR < raw.len()).then_some(packed)
 }
 
-/// Recovers a chunk's raw bytes from wire or disk form and checks them against `id`.
-/// `declared_len` bounds decompression so a hostile "zstd bomb" cannot exhaust memory.
-pub fn open_chunk(
+/// Checks a chunk in wire or disk form against `id` and its declared length, without
+/// copying a raw chunk. `declared_len` bounds decompression so a hostile "zstd bomb"
+/// cannot exhaust memory.
+pub fn check_chunk(
     id: ChunkId,
     zstd_framed: bool,
     data: &[u8],
     declared_len: usize,
-) -> Result<Vec<u8>, ChunkError> {
+) -> Result<(), ChunkError> {
+    opened(id, zstd_framed, data, declared_len).map(drop)
+}
+
+/// A chunk's raw bytes recovered from wire or disk form, checked against `id`.
+fn opened(
+    id: ChunkId,
+    zstd_framed: bool,
+    data: &[u8],
+    declared_len: usize,
+) -> Result<Cow<'_, [u8]>, ChunkError> {
     let max = MAX_CHUNK as usize;
     if declared_len > max {
         return Err(ChunkError::TooLarge {
@@ -201,10 +170,12 @@ pub fn open_chunk(
         });
     }
     let raw = if zstd_framed {
-        zstd::bulk::decompress(data, declared_len)
-            .map_err(|source| ChunkError::Zstd { id, source })?
+        Cow::Owned(
+            zstd::bulk::decompress(data, declared_len)
+                .map_err(|source| ChunkError::Zstd { id, source })?,
+        )
     } else {
-        data.to_vec()
+        Cow::Borrowed(data)
     };
     if raw.len() != declared_len {
         return Err(ChunkError::LengthMismatch {
@@ -335,16 +306,21 @@ mod tests {
     }
 
     #[test]
-    fn open_chunk_bounds_decompression_by_the_declared_length() {
+    fn checking_bounds_decompression_by_the_declared_length() {
         let zeros = vec![0u8; MAX_CHUNK as usize];
         let packed = zstd::bulk::compress(&zeros, 3).unwrap();
         let id = ChunkId::of(&zeros);
-        assert!(open_chunk(id, true, &packed, 1024).is_err());
+        assert!(check_chunk(id, true, &packed, 1024).is_err());
         assert!(matches!(
-            open_chunk(id, true, &packed, MAX_CHUNK as usize + 1),
+            check_chunk(id, true, &packed, MAX_CHUNK as usize + 1),
             Err(ChunkError::TooLarge { .. })
         ));
-        assert_eq!(open_chunk(id, true, &packed, zeros.len()).unwrap(), zeros);
+        assert_eq!(opened(id, true, &packed, zeros.len()).unwrap(), &zeros[..]);
+        check_chunk(id, true, &packed, zeros.len()).unwrap();
+        assert!(matches!(
+            check_chunk(id, false, &zeros[1..], zeros.len()),
+            Err(ChunkError::LengthMismatch { .. })
+        ));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use backup_common::chunk::{compress_if_worth, Chunk, ChunkId};
 use backup_common::proto;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::Status;
@@ -173,7 +174,7 @@ async fn upload_missing(
         .missing
         .into_iter()
         .collect();
-    let to_send: Vec<(ChunkId, Vec<u8>)> = batch
+    let to_send: Vec<(ChunkId, Bytes)> = batch
         .iter()
         .filter(|c| missing.contains(&c.id.0[..]))
         .map(|c| (c.id, c.data.clone()))
@@ -187,7 +188,7 @@ async fn upload_missing(
             .map(|(id, data)| {
                 let raw_len = data.len() as u32;
                 let (zstd, data) = match compress_if_worth(&data) {
-                    Some(packed) => (true, packed),
+                    Some(packed) => (true, Bytes::from(packed)),
                     None => (false, data),
                 };
                 proto::ChunkUpload {
@@ -195,7 +196,7 @@ async fn upload_missing(
                     id: id.0.to_vec(),
                     raw_len,
                     zstd,
-                    data: data.into(),
+                    data,
                 }
             })
             .collect()
