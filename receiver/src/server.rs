@@ -16,6 +16,12 @@ use crate::repository::Repository;
 use crate::service::BackupService;
 use crate::tls_accept::{self, TlsMaterial};
 
+/// HTTP/2 flow control: hyper's defaults (1 MiB per stream and per connection) let a
+/// sender's batches in flight share one 1 MiB window, so uploads stalled on window updates.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+const MAX_FRAME: u32 = 256 * 1024;
+
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn serve_on(
     config: ReceiverConfig,
@@ -72,6 +78,9 @@ pub async fn serve_on(
     });
     let served = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -566,7 +566,7 @@ impl BackupService {
         }
         // Verified even when the chunk exists: a mismatching upload is an attack or a bug
         // and must be reported, not silently dropped.
-        chunk::open_chunk(id, up.zstd, &up.data, up.raw_len as usize)
+        chunk::check_chunk(id, up.zstd, &up.data, up.raw_len as usize)
             .map_err(|e| Status::invalid_argument(format!("chunk rejected: {e}")))?;
         if repo.touch_chunk(&id, now) {
             return Ok(None);
