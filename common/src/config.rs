@@ -190,10 +190,10 @@ fn default_keep_weekly() -> u32 {
 fn default_region() -> String {
     "us-east-1".into()
 }
-/// 8 overlaps download latency well on 2 cores: at 1 GiB night 1 took 10.4 s with 4,
-/// 6.8 s with 8, 5.7 s with 16 (sender peak 126 / 152 / 199 MiB; docs/PERFORMANCE.md).
+/// 4 keeps both cores busy: with the S3 reads and the chunker fixed, night 1 at 1 GiB took
+/// 3.76 s with 4, 3.99 s with 8 (sender peak 165 / 198 MiB; docs/PERFORMANCE.md, section 8).
 fn default_concurrency() -> usize {
-    8
+    4
 }
 fn default_retries() -> u32 {
     5
