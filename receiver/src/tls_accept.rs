@@ -124,6 +124,11 @@ pub fn incoming(
                     }
                 },
             };
+            // gRPC replies are small writes (headers, message, trailers): without
+            // TCP_NODELAY, Nagle holds them until the peer's delayed ACK, ~40 ms per call.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(peer = %peer, error = %e, "cannot set TCP_NODELAY");
+            }
             let (tx, material, on_refused) = (tx.clone(), material.clone(), on_refused.clone());
             tokio::spawn(async move {
                 let seen = Arc::new(Mutex::new(Vec::new()));
