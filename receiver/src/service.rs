@@ -248,6 +248,20 @@ impl BackupService {
         });
     }
 
+    /// At the session limit, a sender beginning a new session has given up on its older
+    /// ones (a run killed or retried by hand): its least recently used session that is not
+    /// committing makes room, instead of the retry being refused until the idle timeout.
+    /// Only the same identity's sessions are touched, so one sender cannot end another's.
+    fn supersede_oldest(sessions: &mut HashMap<String, Session>, identity: &str) -> Option<String> {
+        let oldest = sessions
+            .iter()
+            .filter(|(_, s)| s.peer_identity == identity && !s.committing)
+            .min_by_key(|(_, s)| s.last_seen)
+            .map(|(id, _)| id.clone())?;
+        sessions.remove(&oldest);
+        Some(oldest)
+    }
+
     /// Looks up a live session owned by `peer` and marks it used.
     fn touch(&self, peer: &Peer, session_id: &str) -> Result<(), Status> {
         let mut sessions = self.sessions.lock().unwrap();
@@ -641,8 +655,13 @@ impl Backup for BackupService {
         self.reap_idle();
         let now = (self.clock)();
         let id = self.new_session_id(now);
-        {
+        let superseded = {
             let mut sessions = self.sessions.lock().unwrap();
+            let superseded = if sessions.len() >= self.config.limits.max_sessions {
+                Self::supersede_oldest(&mut sessions, &peer.identity)
+            } else {
+                None
+            };
             if sessions.len() >= self.config.limits.max_sessions {
                 drop(sessions);
                 return Err(self.reject(
@@ -666,6 +685,15 @@ impl Backup for BackupService {
                     new_bytes: 0,
                     committing: false,
                 },
+            );
+            superseded
+        };
+        if let Some(old) = superseded {
+            tracing::warn!(session = %old, by = %id, identity = %peer.identity, "session superseded by a new one of the same sender");
+            self.audit.record(
+                now,
+                "session_superseded",
+                json!({ "session": old, "by": id, "identity": peer.identity }),
             );
         }
         tracing::info!(session = %id, identity = %peer.identity, "session opened");

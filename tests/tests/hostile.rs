@@ -670,19 +670,53 @@ async fn oversized_messages_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_limit_and_idle_timeout() {
-    let (stack, baseline) = stack_with("[limits]\nmax_sessions = 2\nidle_timeout = \"1s\"\n").await;
+    let (mut stack, baseline) =
+        stack_with("[limits]\nmax_sessions = 2\nidle_timeout = \"1s\"\n").await;
+    // A second allow-listed sender ("stranger" is signed by the same CA).
+    reconfigure(&mut stack, |t| {
+        t.replace(
+            "allowed_identities = [\"prod-vps\"]",
+            "allowed_identities = [\"prod-vps\", \"stranger\"]",
+        )
+    })
+    .await;
     let mut c = sender_client(&stack).await;
+    let mut other = identity_client(&stack, "sender-stranger.pem", "sender-stranger.key")
+        .await
+        .unwrap();
     let first = begin(&mut c).await.unwrap();
-    begin(&mut c).await.unwrap();
+    let second = begin(&mut c).await.unwrap();
+    // Both slots are the first sender's: the other sender is refused, naming the limit.
     assert_status(
-        begin(&mut c).await,
+        begin(&mut other).await,
+        Code::ResourceExhausted,
+        "limits.max_sessions",
+    );
+    // The same sender beginning again (a retried run) supersedes its least recent session.
+    let (up, _) = chunk(&second, &noise(1000, 2));
+    put(&mut c, vec![up]).await.unwrap();
+    let third = begin(&mut c).await.unwrap();
+    let (up, _) = chunk(&first, &noise(1000, 1));
+    assert_status(
+        put(&mut c, vec![up]).await,
+        Code::FailedPrecondition,
+        "unknown or expired session",
+    );
+    let (up, _) = chunk(&second, &noise(1000, 3));
+    put(&mut c, vec![up]).await.unwrap();
+    let superseded = wait_for_audit(stack.repo(), |r| r["event"] == "session_superseded").await;
+    assert_eq!(superseded["session"], first.as_str());
+    assert_eq!(superseded["by"], third.as_str());
+    assert_eq!(superseded["identity"], "prod-vps");
+    assert_status(
+        begin(&mut other).await,
         Code::ResourceExhausted,
         "limits.max_sessions",
     );
     // Idle sessions are dropped after the timeout; time itself is the condition here.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    begin(&mut c).await.unwrap();
-    let (up, _) = chunk(&first, &noise(1000, 1));
+    begin(&mut other).await.unwrap();
+    let (up, _) = chunk(&third, &noise(1000, 4));
     assert_status(
         put(&mut c, vec![up]).await,
         Code::FailedPrecondition,
