@@ -66,7 +66,16 @@ pub struct BackupService {
     tailscale: Option<TailscaleAdmission>,
     /// Serialises commits so snapshot ids and per-day counts cannot race.
     commit_lock: tokio::sync::Mutex<()>,
+    /// Recently committed sessions and their replies, so a commit retried because its
+    /// reply was lost gets the same snapshot back instead of making a second one.
+    committed: Mutex<HashMap<String, CommittedSession>>,
     monitor: Arc<Monitor>,
+}
+
+struct CommittedSession {
+    identity: String,
+    at: Instant,
+    reply: proto::CommitResponse,
 }
 
 fn repo_status(e: RepoError) -> Status {
@@ -108,6 +117,7 @@ impl BackupService {
             quota,
             tailscale,
             commit_lock: tokio::sync::Mutex::new(()),
+            committed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -305,6 +315,9 @@ impl BackupService {
             Some(Err(e)) => return Err(e),
             None => return Err(Status::invalid_argument("empty commit")),
         };
+        if let Some(reply) = self.replay_commit(peer, &header.session_id) {
+            return Ok(reply);
+        }
         self.touch(peer, &header.session_id)?;
         {
             let mut sessions = self.sessions.lock().unwrap();
@@ -318,8 +331,19 @@ impl BackupService {
         let mut sessions = self.sessions.lock().unwrap();
         match &result {
             // A session commits once: success ends it.
-            Ok(_) => {
+            Ok(reply) => {
                 sessions.remove(&header.session_id);
+                let keep = self.config.limits.idle_timeout.0;
+                let mut committed = self.committed.lock().unwrap();
+                committed.retain(|_, c| c.at.elapsed() < keep);
+                committed.insert(
+                    header.session_id.clone(),
+                    CommittedSession {
+                        identity: peer.identity.clone(),
+                        at: Instant::now(),
+                        reply: reply.clone(),
+                    },
+                );
             }
             Err(_) => {
                 if let Some(s) = sessions.get_mut(&header.session_id) {
@@ -329,6 +353,24 @@ impl BackupService {
             }
         }
         result
+    }
+
+    /// The reply of a commit this session already made (within `limits.idle_timeout`), for
+    /// a sender that retries because the first reply was lost on the way.
+    fn replay_commit(&self, peer: &Peer, session_id: &str) -> Option<proto::CommitResponse> {
+        let keep = self.config.limits.idle_timeout.0;
+        let reply = {
+            let committed = self.committed.lock().unwrap();
+            let c = committed.get(session_id)?;
+            (c.identity == peer.identity && c.at.elapsed() < keep).then(|| c.reply.clone())?
+        };
+        tracing::warn!(session = %session_id, snapshot = %reply.snapshot_id, "commit repeated: replaying the reply");
+        self.audit.record(
+            (self.clock)(),
+            "commit_replayed",
+            json!({ "session": session_id, "snapshot": reply.snapshot_id, "identity": peer.identity }),
+        );
+        Some(reply)
     }
 
     async fn commit_session(

@@ -136,14 +136,16 @@ async fn a_session_commits_once() {
     let data = noise(5000, 9);
     let r = put_data(&mut c, &session, &data).await.unwrap();
     let h = header(&session, Some(dump(&data, vec![r], &[])), 0);
-    commit(&mut c, h.clone(), vec![]).await.unwrap();
+    let first = commit(&mut c, h.clone(), vec![]).await.unwrap();
     let after_first = Stored::capture(stack.repo());
 
-    assert_status(
-        commit(&mut c, h, vec![]).await,
-        Code::FailedPrecondition,
-        "unknown or expired session",
-    );
+    // Committing the same session again, as a sender does when the first reply was lost,
+    // gets the first commit's reply back instead of a second snapshot.
+    assert_eq!(commit(&mut c, h, vec![]).await.unwrap(), first);
+    let replayed = wait_for_audit(stack.repo(), |r| r["event"] == "commit_replayed").await;
+    assert_eq!(replayed["snapshot"], first.snapshot_id.as_str());
+    assert_eq!(replayed["session"], session.as_str());
+    // The session itself is over.
     let (up, _) = chunk(&session, &noise(5000, 10));
     assert_status(
         put(&mut c, vec![up]).await,
