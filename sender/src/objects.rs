@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 
 use aws_sdk_s3::Client as S3;
-use backup_common::chunk::{chunk_stream, ChunkError};
+use backup_common::chunk::{chunk_stream, Chunk, ChunkError, ChunkId, MAX_CHUNK};
 use backup_common::config::{read_secret, ObjectsConfig};
 use backup_common::keys;
 use backup_common::manifest::{ChunkRef, ObjectEntry};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::progress::Progress;
@@ -127,6 +128,23 @@ async fn read_object(
         .e_tag()
         .map(str::to_string)
         .unwrap_or_else(|| listed.etag.clone());
+    let length = resp
+        .content_length()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(listed.size);
+    if length <= u64::from(MAX_CHUNK) {
+        // Into one buffer of the announced size: no second copy to join the pieces.
+        let mut body = resp.body;
+        let mut whole = bytes::BytesMut::with_capacity(length as usize);
+        while let Some(piece) = body
+            .try_next()
+            .await
+            .map_err(|e| obj_err(format!("download failed: {e}")))?
+        {
+            whole.extend_from_slice(&piece);
+        }
+        return whole_object(&listed.key, etag, whole.freeze(), sink).await;
+    }
     let reader = resp.body.into_async_read();
     let key = listed.key.clone();
     let (summary, chunks) = tokio::task::spawn_blocking(move || {
@@ -156,6 +174,62 @@ async fn read_object(
         size: summary.size,
         etag,
         hash: summary.hash,
+        chunks,
+    })
+}
+
+/// An object no larger than the largest chunk becomes a single chunk, read in one piece.
+///
+/// Content-defined cuts pay off when a later version shares content with an earlier one
+/// at shifted offsets; the archive's small objects are scans and documents that change
+/// whole, if at all, and identical copies still deduplicate as one chunk. A single chunk
+/// skips the cut, the copy through the chunker's buffer and the second hash (the chunk
+/// id *is* the object's hash), and the receiver stores one file instead of up to four.
+async fn whole_object(
+    key: &str,
+    etag: String,
+    body: Bytes,
+    sink: ChunkSink,
+) -> Result<ObjectEntry, ObjectError> {
+    let object_err = |message: String| ObjectError::Object {
+        key: key.to_string(),
+        message,
+    };
+    let (hash, chunks) = tokio::task::spawn_blocking(move || {
+        if body.len() > MAX_CHUNK as usize {
+            // Grew between the listing and the download past what one chunk may hold.
+            let mut chunks = Vec::new();
+            let summary = chunk_stream::<_, ObjectError>(&body[..], |c| {
+                chunks.push(ChunkRef {
+                    id: c.id,
+                    len: c.data.len() as u32,
+                });
+                sink.send_blocking(c)?;
+                Ok(())
+            })?;
+            return Ok((summary.hash, chunks));
+        }
+        let id = ChunkId::of(&body);
+        let chunks = if body.is_empty() {
+            Vec::new()
+        } else {
+            let len = body.len() as u32;
+            sink.send_blocking(Chunk { id, data: body })?;
+            vec![ChunkRef { id, len }]
+        };
+        Ok::<_, ObjectError>((id, chunks))
+    })
+    .await
+    .map_err(|e| object_err(format!("hashing task: {e}")))?
+    .map_err(|e| match e {
+        ObjectError::Object { message, .. } => object_err(message),
+        other => other,
+    })?;
+    Ok(ObjectEntry {
+        key: key.to_string(),
+        size: chunks.iter().map(|c| u64::from(c.len)).sum(),
+        etag,
+        hash,
         chunks,
     })
 }
@@ -232,4 +306,66 @@ pub async fn check_bucket(s3: &S3, bucket: &str) -> Result<(), ObjectError> {
             bucket: bucket.to_string(),
             message: s3_message(e),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(len: usize) -> Bytes {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    /// Runs `whole_object` on `body` and returns its entry and the chunks it queued.
+    async fn whole(body: Bytes) -> (ObjectEntry, Vec<Chunk>) {
+        let (sink, mut rx) = ChunkSink::for_test(64);
+        let entry = whole_object("k", "\"etag\"".into(), body, sink)
+            .await
+            .unwrap();
+        let mut queued = Vec::new();
+        while let Some(c) = rx.recv().await {
+            queued.push(c);
+        }
+        (entry, queued)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_object_is_one_chunk_named_by_its_hash() {
+        let body = noise(1_500_000);
+        let (entry, queued) = whole(body.clone()).await;
+        assert_eq!(entry.size, body.len() as u64);
+        assert_eq!(entry.hash, ChunkId::of(&body));
+        assert_eq!(entry.chunks.len(), 1);
+        assert_eq!(entry.chunks[0].id, entry.hash);
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].data, body);
+
+        let (empty, queued) = whole(Bytes::new()).await;
+        assert_eq!((empty.size, empty.chunks.len(), queued.len()), (0, 0, 0));
+        assert_eq!(empty.hash, ChunkId::of(b""));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_that_grew_past_one_chunk_is_cut_as_usual() {
+        // Listed small, but the download returned more than one chunk may hold.
+        let body = noise(MAX_CHUNK as usize + 1_000_000);
+        let (entry, queued) = whole(body.clone()).await;
+        assert!(entry.chunks.len() >= 2, "{:?}", entry.chunks);
+        assert_eq!(entry.size, body.len() as u64);
+        assert_eq!(entry.hash, ChunkId::of(&body));
+        let joined: Vec<u8> = queued.iter().flat_map(|c| c.data.iter().copied()).collect();
+        assert_eq!(joined, body);
+        let ids: Vec<ChunkId> = queued.iter().map(|c| c.id).collect();
+        let listed: Vec<ChunkId> = entry.chunks.iter().map(|c| c.id).collect();
+        assert_eq!(ids, listed);
+    }
 }

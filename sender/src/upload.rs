@@ -23,7 +23,7 @@ const BATCH_CHUNKS: usize = 256;
 /// Batches uploading at once.
 const IN_FLIGHT: usize = 3;
 /// Chunks waiting between producers and the batcher.
-const QUEUE: usize = 16;
+const QUEUE: usize = 8;
 
 /// Totals of what crossed the network.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,16 @@ impl ChunkSink {
     pub fn send_blocking(&self, chunk: Chunk) -> Result<(), UploadClosed> {
         self.progress.read(chunk.data.len() as u64);
         self.tx.blocking_send(chunk).map_err(|_| UploadClosed)
+    }
+}
+
+#[cfg(test)]
+impl ChunkSink {
+    /// A sink whose chunks go to the returned receiver instead of the network.
+    pub(crate) fn for_test(capacity: usize) -> (ChunkSink, mpsc::Receiver<Chunk>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let progress = Progress::for_stderr();
+        (ChunkSink { tx, progress }, rx)
     }
 }
 
