@@ -320,6 +320,12 @@ struct Usage {
 /// VmHWM. (wait4's ru_maxrss cannot be used: Linux counts the pre-exec address space,
 /// i.e. this benchmark's own, into it.)
 async fn run_measured(mut cmd: Command, what: &str) -> Result<Usage> {
+    // Write back what the fixture (or the previous phase) left dirty first: otherwise the
+    // kernel flushes gigabytes of it during this phase, and its fsyncs wait behind them.
+    let synced = Command::new("sync").status().context("running sync")?;
+    if !synced.success() {
+        bail!("sync failed: {synced}");
+    }
     let started = Instant::now();
     let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
     let pid = child.id();
