@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_s3::Client as S3;
-use backup_common::chunk::{chunk_stream, Chunk, ChunkError, ChunkId, MAX_CHUNK};
+use backup_common::chunk::{chunk_stream, Chunk, ChunkError, ChunkId, StreamSummary, MAX_CHUNK};
 use backup_common::config::{read_secret, ObjectsConfig};
 use backup_common::keys;
 use backup_common::manifest::{ChunkRef, ObjectEntry};
@@ -132,40 +132,31 @@ async fn read_object(
         .content_length()
         .and_then(|n| u64::try_from(n).ok())
         .unwrap_or(listed.size);
+    let mut body = resp.body;
+    let mut head = bytes::BytesMut::new();
     if length <= u64::from(MAX_CHUNK) {
-        // Into one buffer of the announced size: no second copy to join the pieces.
-        let mut body = resp.body;
-        let mut whole = bytes::BytesMut::with_capacity(length as usize);
-        while let Some(piece) = body
-            .try_next()
-            .await
-            .map_err(|e| obj_err(format!("download failed: {e}")))?
-        {
-            whole.extend_from_slice(&piece);
+        // Into one buffer of the announced size, but never past one chunk's worth: a body
+        // longer than announced goes on to the chunker with what was read so far.
+        head.reserve(length as usize);
+        while head.len() <= MAX_CHUNK as usize {
+            match body
+                .try_next()
+                .await
+                .map_err(|e| obj_err(format!("download failed: {e}")))?
+            {
+                Some(piece) => head.extend_from_slice(&piece),
+                None => return whole_object(&listed.key, etag, head.freeze(), sink).await,
+            }
         }
-        return whole_object(&listed.key, etag, whole.freeze(), sink).await;
     }
-    let reader = resp.body.into_async_read();
     let key = listed.key.clone();
+    let rest = body.into_async_read();
     let (summary, chunks) = tokio::task::spawn_blocking(move || {
-        let bridge = tokio_util::io::SyncIoBridge::new(reader);
-        let mut chunks = Vec::new();
-        let summary = chunk_stream::<_, ObjectError>(bridge, |c| {
-            chunks.push(ChunkRef {
-                id: c.id,
-                len: c.data.len() as u32,
-            });
-            sink.send_blocking(c)?;
-            Ok(())
-        })
-        .map_err(|e| match e {
-            ObjectError::Object { message, .. } => ObjectError::Object {
-                key: key.clone(),
-                message,
-            },
-            other => other,
-        })?;
-        Ok::<_, ObjectError>((summary, chunks))
+        let reader = std::io::Read::chain(
+            std::io::Cursor::new(head.freeze()),
+            tokio_util::io::SyncIoBridge::new(rest),
+        );
+        cut_object(&key, reader, &sink)
     })
     .await
     .map_err(|e| obj_err(format!("chunker task: {e}")))??;
@@ -178,7 +169,32 @@ async fn read_object(
     })
 }
 
-/// An object no larger than the largest chunk becomes a single chunk, read in one piece.
+/// Cuts an object's bytes by content and queues the chunks (on a blocking thread).
+fn cut_object(
+    key: &str,
+    reader: impl std::io::Read,
+    sink: &ChunkSink,
+) -> Result<(StreamSummary, Vec<ChunkRef>), ObjectError> {
+    let mut chunks = Vec::new();
+    let summary = chunk_stream::<_, ObjectError>(reader, |c| {
+        chunks.push(ChunkRef {
+            id: c.id,
+            len: c.data.len() as u32,
+        });
+        sink.send_blocking(c)?;
+        Ok(())
+    })
+    .map_err(|e| match e {
+        ObjectError::Object { message, .. } => ObjectError::Object {
+            key: key.to_string(),
+            message,
+        },
+        other => other,
+    })?;
+    Ok((summary, chunks))
+}
+
+/// An object no larger than the largest chunk (`body`) becomes a single chunk.
 ///
 /// Content-defined cuts pay off when a later version shares content with an earlier one
 /// at shifted offsets; the archive's small objects are scans and documents that change
@@ -195,20 +211,8 @@ async fn whole_object(
         key: key.to_string(),
         message,
     };
+    debug_assert!(body.len() <= MAX_CHUNK as usize);
     let (hash, chunks) = tokio::task::spawn_blocking(move || {
-        if body.len() > MAX_CHUNK as usize {
-            // Grew between the listing and the download past what one chunk may hold.
-            let mut chunks = Vec::new();
-            let summary = chunk_stream::<_, ObjectError>(&body[..], |c| {
-                chunks.push(ChunkRef {
-                    id: c.id,
-                    len: c.data.len() as u32,
-                });
-                sink.send_blocking(c)?;
-                Ok(())
-            })?;
-            return Ok((summary.hash, chunks));
-        }
         let id = ChunkId::of(&body);
         let chunks = if body.is_empty() {
             Vec::new()
@@ -220,11 +224,7 @@ async fn whole_object(
         Ok::<_, ObjectError>((id, chunks))
     })
     .await
-    .map_err(|e| object_err(format!("hashing task: {e}")))?
-    .map_err(|e| match e {
-        ObjectError::Object { message, .. } => object_err(message),
-        other => other,
-    })?;
+    .map_err(|e| object_err(format!("hashing task: {e}")))??;
     Ok(ObjectEntry {
         key: key.to_string(),
         size: chunks.iter().map(|c| u64::from(c.len)).sum(),
@@ -354,18 +354,26 @@ mod tests {
         assert_eq!(empty.hash, ChunkId::of(b""));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_object_that_grew_past_one_chunk_is_cut_as_usual() {
-        // Listed small, but the download returned more than one chunk may hold.
+    #[test]
+    fn a_larger_object_is_cut_by_content_across_the_bytes_read_ahead() {
+        // A body announced small that turned out larger: the first ~4 MiB were read into
+        // memory before the chunker took over the rest of the stream.
         let body = noise(MAX_CHUNK as usize + 1_000_000);
-        let (entry, queued) = whole(body.clone()).await;
-        assert!(entry.chunks.len() >= 2, "{:?}", entry.chunks);
-        assert_eq!(entry.size, body.len() as u64);
-        assert_eq!(entry.hash, ChunkId::of(&body));
-        let joined: Vec<u8> = queued.iter().flat_map(|c| c.data.iter().copied()).collect();
+        let (head, rest) = body.split_at(MAX_CHUNK as usize + 10);
+        let (sink, mut rx) = ChunkSink::for_test(64);
+        let reader = std::io::Read::chain(std::io::Cursor::new(head), rest);
+        let (summary, chunks) = cut_object("k", reader, &sink).unwrap();
+        drop(sink);
+        assert!(chunks.len() >= 2, "{chunks:?}");
+        assert_eq!(summary.size, body.len() as u64);
+        assert_eq!(summary.hash, ChunkId::of(&body));
+        let mut joined = Vec::new();
+        let mut ids = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            joined.extend_from_slice(&c.data);
+            ids.push(c.id);
+        }
         assert_eq!(joined, body);
-        let ids: Vec<ChunkId> = queued.iter().map(|c| c.id).collect();
-        let listed: Vec<ChunkId> = entry.chunks.iter().map(|c| c.id).collect();
-        assert_eq!(ids, listed);
+        assert_eq!(ids, chunks.iter().map(|c| c.id).collect::<Vec<_>>());
     }
 }
