@@ -231,7 +231,8 @@ pub fn decode_stored(id: ChunkId, stored: &[u8]) -> Result<Vec<u8>, ChunkError> 
 mod tests {
     use super::*;
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    /// Deterministic incompressible bytes (xorshift); also used by `stream`'s tests.
+    pub(super) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..len)
             .map(|_| {

@@ -313,16 +313,10 @@ mod tests {
     use super::*;
 
     fn noise(len: usize) -> Bytes {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect::<Vec<u8>>()
-            .into()
+        use rand::{RngCore, SeedableRng};
+        let mut data = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut data);
+        data.into()
     }
 
     /// Runs `whole_object` on `body` and returns its entry and the chunks it queued.

@@ -118,6 +118,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::tests::pseudo_random;
 
     /// Hands out its input in reads of `step` bytes, like a network body does.
     struct Trickle<'a> {
@@ -132,18 +133,6 @@ mod tests {
             self.data = &self.data[n..];
             Ok(n)
         }
-    }
-
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     fn lengths(data: &[u8], step: usize) -> Vec<usize> {
