@@ -59,7 +59,7 @@ impl S3Server {
             .map_err(|e| anyhow::anyhow!("{e:?}"))
             .context("opening the s3s-fs store")?;
         let service = {
-            let mut b = S3ServiceBuilder::new(ListingETags {
+            let mut b = S3ServiceBuilder::new(HarnessFs {
                 inner: fs,
                 root: dir.path().to_path_buf(),
             });
@@ -299,15 +299,18 @@ impl Drop for S3Server {
     }
 }
 
-/// s3s-fs with ETags in object listings, and whole-object GETs in large reads.
+/// s3s-fs made to behave like a real S3 server where the tests and the benchmark notice.
 ///
-/// s3s-fs 0.14 leaves `ETag` out of `ListObjects(V2)` results, which real S3
-/// always includes; this wrapper fills them in from `HeadObject`. It also
-/// streams the body of a whole-object `GetObject` in 1 MiB reads: s3s-fs reads
-/// in 4 KiB steps, one tokio blocking-pool task each, which cost the benchmark
-/// about a third of the machine's CPU (docs/PERFORMANCE.md, section 8). Every
-/// other operation passes through unchanged.
-struct ListingETags {
+/// - s3s-fs 0.14 leaves `ETag` out of `ListObjects(V2)` results, which real S3
+///   always includes: they are filled in from `HeadObject`.
+/// - Listings without a delimiter are walked with plain blocking calls
+///   ([`list_page`]) instead of one blocking-pool task per entry.
+/// - Whole-object `GetObject` bodies are streamed in 1 MiB reads: s3s-fs reads
+///   in 4 KiB steps, one tokio blocking-pool task each, which cost the benchmark
+///   about a third of the machine's CPU (docs/PERFORMANCE.md, section 8).
+///
+/// Every other operation passes through unchanged.
+struct HarnessFs {
     inner: FileSystem,
     /// s3s-fs's root: an object lives at `<root>/<bucket>/<key>`.
     root: std::path::PathBuf,
@@ -316,7 +319,7 @@ struct ListingETags {
 /// Read size for GetObject bodies (MinIO reads in 1 MiB blocks too).
 const GET_READ_BYTES: usize = 1024 * 1024;
 
-impl ListingETags {
+impl HarnessFs {
     /// Sets the ETag of each object that lacks one.
     async fn fill_etags(&self, bucket: &str, objects: Option<&mut Vec<Object>>) -> S3Result<()> {
         for obj in objects.into_iter().flatten() {
@@ -480,13 +483,13 @@ fn internal_request<T>(input: T) -> S3Request<T> {
     }
 }
 
-/// Implements [`S3`] for [`ListingETags`]: the listed operations go straight
+/// Implements [`S3`] for [`HarnessFs`]: the listed operations go straight
 /// to s3s-fs, the two listings through the ETag-filling methods, GetObject
-/// through [`ListingETags::get`].
+/// through [`HarnessFs::get`].
 macro_rules! delegate_to_fs {
     ($($op:ident: $input:ident => $output:ident;)*) => {
         #[async_trait::async_trait]
-        impl S3 for ListingETags {
+        impl S3 for HarnessFs {
             $(
                 async fn $op(&self, req: S3Request<dto::$input>) -> S3Result<S3Response<dto::$output>> {
                     self.inner.$op(req).await
