@@ -365,4 +365,61 @@ mod tests {
         let utc = plan(&s, &daily(1), chrono_tz::UTC);
         assert_eq!(kept(&utc), vec!["b"]);
     }
+
+    #[test]
+    fn a_later_snapshot_of_a_day_never_displaces_the_first() {
+        // Day 0 holds the honest night and, three hours later, a junk snapshot an operator
+        // acknowledged (or one nobody flagged): daily keeps both; weekly, monthly and
+        // keep-last pick the day by its first snapshot.
+        let honest = good(0);
+        let later = Candidate {
+            id: "later".into(),
+            time: night(0) + chrono::Duration::hours(3),
+            ..good(0)
+        };
+        let p = Policy {
+            keep_last: 0,
+            keep_daily: 0,
+            keep_weekly: 1,
+            keep_monthly: 1,
+        };
+        let ds = plan(
+            &[honest.clone(), later.clone(), good(1)],
+            &p,
+            chrono_tz::Europe::Berlin,
+        );
+        // n001 is the newest day; day 0 is in the same week and month, so only n001 and
+        // "newest" are kept by the calendar here. With day 1 gone, day 0 is represented by
+        // its first snapshot.
+        let ds2 = plan(
+            &[honest.clone(), later.clone()],
+            &p,
+            chrono_tz::Europe::Berlin,
+        );
+        assert_eq!(kept(&ds2), vec!["n000", "later"]);
+        assert_eq!(ds2[0].keep, vec![Keep::Weekly, Keep::Monthly]);
+        assert_eq!(ds2[1].keep, vec![Keep::Newest]);
+        assert_eq!(kept(&ds), vec!["n001"]);
+        let ds3 = plan(&[honest, later], &daily(1), chrono_tz::Europe::Berlin);
+        assert_eq!(kept(&ds3), vec!["n000", "later"]);
+        assert_eq!(ds3[0].keep, vec![Keep::Daily]);
+    }
+
+    #[test]
+    fn rejected_snapshots_take_no_slot_and_the_newest_drilled_one_is_kept() {
+        let mut s: Vec<Candidate> = (0..6).map(good).collect();
+        s[1].drilled = true;
+        s[2].drilled = true;
+        s[5].rejected = true;
+        s[0].rejected = true;
+        let ds = plan(&s, &daily(2), chrono_tz::Europe::Berlin);
+        // Daily: n004 and n003 (n005 is rejected, takes no slot but is kept for forensics
+        // as it is newer than the oldest daily one); n002 is the newest drilled; n000 is
+        // rejected and older than every daily one.
+        assert_eq!(kept(&ds), vec!["n002", "n003", "n004", "n005"]);
+        assert_eq!(ds[2].keep, vec![Keep::Drilled]);
+        assert_eq!(ds[5].keep, vec![Keep::Rejected]);
+        assert_eq!(ds[4].keep, vec![Keep::Newest, Keep::Daily]);
+        assert!(ds[0].keep.is_empty());
+    }
 }

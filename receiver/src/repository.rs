@@ -323,14 +323,6 @@ impl Repository {
         Ok(m)
     }
 
-    /// All manifests, oldest first.
-    pub fn manifests(&self) -> Result<Vec<Manifest>, RepoError> {
-        self.snapshot_ids()?
-            .iter()
-            .map(|id| self.load_manifest(id))
-            .collect()
-    }
-
     /// Calls `visit` with every manifest, oldest first, one at a time (never all in memory),
     /// until it returns false. A manifest that vanishes meanwhile (a concurrent prune moved
     /// it) is skipped; any other error stops.
