@@ -494,3 +494,134 @@ async fn rollback_and_drill_runbooks_work_as_written() {
     assert!(destinations.lines().any(|d| d == NAS));
     assert!(destinations.lines().any(|d| d == PROD));
 }
+
+/// §5 and §6 of docs/DEPLOYMENT.md as commands: every `backup-receiver SUBCOMMAND --flag`
+/// they show is a flag of that subcommand today, every script they name is in
+/// `deploy/restore/` and executable, and the drill they say the timer runs is the one the
+/// unit runs.
+#[test]
+fn deployment_md_runbook_commands_match_the_cli_and_the_scripts() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/DEPLOYMENT.md"
+    ))
+    .unwrap();
+    let start = doc
+        .find("## 5. Rollback")
+        .expect("DEPLOYMENT.md has no §5 Rollback");
+    let runbook = &doc[start..];
+
+    // Commands: the lines of fenced blocks (continuations joined) and inline code spans.
+    let mut commands: Vec<String> = Vec::new();
+    for (i, part) in runbook.split("```").enumerate() {
+        if i % 2 == 1 {
+            let joined = part.replace("\\\n", " ");
+            commands.extend(joined.lines().skip(1).map(|l| {
+                let l = l.split(" # ").next().unwrap();
+                l.to_string()
+            }));
+        } else {
+            commands.extend(
+                part.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(|c| c.replace('\n', " ")),
+            );
+        }
+    }
+
+    let subcommands = ["restore", "drill", "snapshots", "ack", "verify"];
+    let mut help: BTreeMap<&str, String> = BTreeMap::new();
+    let mut checked = 0;
+    for command in &commands {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        for (i, w) in words.iter().enumerate() {
+            if !w.ends_with("backup-receiver") {
+                continue;
+            }
+            let Some(sub) = words
+                .get(i + 1)
+                .and_then(|s| subcommands.iter().find(|x| *x == s))
+            else {
+                continue;
+            };
+            let text = help.entry(sub).or_insert_with(|| {
+                let out = Command::new(bin("backup-receiver"))
+                    .args([sub, "--help"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "backup-receiver {sub} --help");
+                String::from_utf8(out.stdout).unwrap()
+            });
+            for flag in words[i + 2..]
+                .iter()
+                .take_while(|w| !matches!(**w, "|" | "&&" | ";"))
+                .filter(|w| w.starts_with("--"))
+            {
+                let flag = flag.split('=').next().unwrap();
+                let known = text.match_indices(flag).any(|(at, _)| {
+                    !text[at + flag.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '-')
+                });
+                assert!(
+                    known,
+                    "DEPLOYMENT.md: `{command}`: backup-receiver {sub} has no {flag}:\n{text}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} flags found in §5/§6");
+
+    // The scripts it names.
+    let mut named = std::collections::BTreeSet::new();
+    for command in &commands {
+        for w in command.split_whitespace() {
+            if let Some(name) = w
+                .strip_prefix("/usr/local/lib/familienarchiv-backup/")
+                .or_else(|| w.strip_prefix("deploy/restore/"))
+            {
+                if name.ends_with(".sh") && !name.contains('*') {
+                    named.insert(name.to_string());
+                }
+            }
+        }
+    }
+    for name in [
+        "choose-snapshot.sh",
+        "export-bundle.sh",
+        "relay-bundle.sh",
+        "import-bundle.sh",
+        "drill.sh",
+    ] {
+        assert!(named.contains(name), "§5/§6 never run {name}: {named:?}");
+    }
+    for name in &named {
+        let path = Path::new(SCRIPTS).join(name);
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("DEPLOYMENT.md runs {name}: {}: {e}", path.display()))
+            .permissions();
+        assert!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o111 != 0,
+            "{} is not executable",
+            path.display()
+        );
+    }
+
+    // The timer's drill, as §6 shows it, is what the unit runs.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/backup-drill.service"
+    ))
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("backup-drill.service has no ExecStart");
+    let shown =
+        "backup-receiver drill --config /etc/familienarchiv-backup/receiver.toml --older-than 30d";
+    assert!(runbook.contains(shown), "§6 no longer shows `{shown}`");
+    assert!(
+        exec.ends_with(shown),
+        "backup-drill.service runs `{exec}`, §6 says `{shown}`"
+    );
+}
