@@ -7,9 +7,12 @@
 //! 1. every `accept` and `deny` in the file's own `tests` section (the same assertions the
 //!    admin console runs when the policy is saved);
 //! 2. the properties the backup relies on, directly: `tag:prod-vps` reaches
-//!    `tag:heim-nas:7443`, and nothing else reaches any port of `tag:heim-nas` (checked
-//!    over all 65535 ports for every tag, group and user the file names, plus
-//!    `autogroup:member`);
+//!    `tag:heim-nas:7443`; the backup operators (`group:backup-operators`) reach port 22
+//!    of `tag:heim-nas` and of `tag:prod-vps`, for the restore through their workstation
+//!    (docs/adr/0005); nothing else reaches any port of `tag:heim-nas` (checked over all
+//!    65535 ports for every tag, group and user the file names, plus `autogroup:member`
+//!    as a member who is not an operator); and `tag:heim-nas` reaches no port of
+//!    `tag:prod-vps`;
 //! 3. that the evaluator does fail on policies that open the NAS, so a green run means
 //!    something.
 //!
@@ -34,6 +37,9 @@ const VPS: &str = "tag:prod-vps";
 const RECEIVER_PORT: u16 = 7443;
 /// Ports the file's own tests must show closed from the VPS (SSH, NAS web UI, Postgres, MinIO).
 const VPS_DENIED_PORTS: [u16; 5] = [22, 80, 443, 5432, 9000];
+/// Who may restore: their devices reach SSH on the NAS and on the VPS (docs/adr/0005).
+const OPERATORS: &str = "group:backup-operators";
+const SSH_PORT: u16 = 22;
 
 // ---------------------------------------------------------------- HuJSON
 
@@ -625,9 +631,29 @@ impl Policy {
         failures
     }
 
+    /// Is `who` the operators' group or one of its members?
+    fn is_operator(&self, who: &str) -> bool {
+        who == OPERATORS
+            || self
+                .groups
+                .get(OPERATORS)
+                .is_some_and(|m| m.iter().any(|u| u == who))
+    }
+
+    /// The same policy with an empty operators' group: what someone who is not an
+    /// operator may do (`autogroup:member` then means "a member who is no operator").
+    fn without_operators(&self) -> Policy {
+        let mut p = self.clone();
+        if let Some(m) = p.groups.get_mut(OPERATORS) {
+            m.clear();
+        }
+        p
+    }
+
     /// What the backup relies on, checked directly rather than through the file's tests.
     fn required_properties(&self) -> Vec<String> {
         let mut failures = Vec::new();
+        let outsiders = self.without_operators();
         let mut expect = |src: &str, port: u16, want: Tri| {
             // Accepts are about TCP (the receiver speaks gRPC over TCP); denials about any protocol.
             let proto = if want == Tri::Yes { None } else { Some("*") };
@@ -646,14 +672,46 @@ impl Policy {
             expect(src, RECEIVER_PORT, Tri::No);
         }
 
+        // The restore path: every operator reaches SSH on both hosts (TCP).
+        let mut operators: Vec<String> = vec![OPERATORS.into()];
+        operators.extend(self.groups.get(OPERATORS).into_iter().flatten().cloned());
+        if operators.len() < 2 {
+            failures.push(format!(
+                "groups: {OPERATORS} has no members; nobody could run the restore"
+            ));
+        }
+        for who in &operators {
+            for host in [NAS, VPS] {
+                let got = self.evaluate_at(who, host, SSH_PORT, None);
+                if got != Tri::Yes {
+                    failures.push(format!(
+                        "from {who} to {host}:{SSH_PORT}: want Yes (the restore), the acls give {got:?}"
+                    ));
+                }
+            }
+        }
+
+        // The NAS reaches nothing of production, on any port or protocol.
+        let open: Vec<u16> = (1..=u16::MAX)
+            .filter(|&p| self.evaluate_at(NAS, VPS, p, Some("*")) != Tri::No)
+            .collect();
+        if !open.is_empty() {
+            failures.push(format!(
+                "{NAS} is not denied {} port(s) of {VPS}, e.g. {VPS}:{}",
+                open.len(),
+                open[0]
+            ));
+        }
+
         // Exhaustively: no port of the NAS, in any protocol, is open to anyone but the
-        // VPS's 7443.
+        // VPS's 7443 and the operators' 22 (TCP).
         let mut subjects: Vec<String> = vec![
             VPS.into(),
             NAS.into(),
             "tag:other".into(),
             "autogroup:member".into(),
             "alice@example.com".into(),
+            OPERATORS.into(),
         ];
         subjects.extend(self.tag_owners.keys().cloned());
         subjects.extend(self.groups.keys().cloned());
@@ -669,9 +727,19 @@ impl Policy {
         subjects.sort();
         subjects.dedup();
         for who in &subjects {
+            let operator = self.is_operator(who);
+            let policy = if operator { self } else { &outsiders };
             let open: Vec<(u16, Tri)> = (1..=u16::MAX)
                 .filter(|&p| !(who == VPS && p == RECEIVER_PORT))
-                .map(|p| (p, self.evaluate_at(who, NAS, p, Some("*"))))
+                .map(|p| {
+                    // The operators' SSH is allowed over TCP only.
+                    let proto = if operator && p == SSH_PORT {
+                        Some("udp")
+                    } else {
+                        Some("*")
+                    };
+                    (p, policy.evaluate_at(who, NAS, p, proto))
+                })
                 .filter(|&(_, t)| t != Tri::No)
                 .collect();
             if !open.is_empty() {
@@ -720,6 +788,24 @@ impl Policy {
         {
             failures.push(format!(
                 "tests: no test shows another source denied {NAS}:{RECEIVER_PORT}"
+            ));
+        }
+        if !self
+            .tests
+            .iter()
+            .any(|t| t.src == NAS && t.deny.contains(&format!("{VPS}:{SSH_PORT}")))
+        {
+            failures.push(format!("tests: no test from {NAS} denies {VPS}:{SSH_PORT}"));
+        }
+        let restore = [format!("{NAS}:{SSH_PORT}"), format!("{VPS}:{SSH_PORT}")];
+        if !self
+            .tests
+            .iter()
+            .any(|t| self.is_operator(&t.src) && restore.iter().all(|r| t.accept.contains(r)))
+        {
+            failures.push(format!(
+                "tests: no test from a member of {OPERATORS} accepts {}",
+                restore.join(" and ")
             ));
         }
 
@@ -782,7 +868,7 @@ fn only_the_vps_reaches_the_nas_and_only_on_the_receiver_port() {
 }
 
 #[test]
-fn policy_file_defines_both_tags_and_exactly_one_rule_reaching_the_nas() {
+fn policy_file_defines_both_tags_and_two_rules_reaching_the_nas() {
     let policy = Policy::load();
     for tag in [VPS, NAS] {
         assert!(policy.tag_owners.contains_key(tag), "tagOwners lacks {tag}");
@@ -802,7 +888,8 @@ fn policy_file_defines_both_tags_and_exactly_one_rule_reaching_the_nas() {
                 .any(|d| Policy::host_matches(&d.host, NAS) != Tri::No)
         })
         .collect();
-    assert_eq!(reaching.len(), 1, "rules reaching {NAS}: {reaching:#?}");
+    assert_eq!(reaching.len(), 2, "rules reaching {NAS}: {reaching:#?}");
+    // The nightly backup: the VPS to the receiver's port, nothing else.
     let r = reaching[0];
     assert_eq!(r.src, [VPS]);
     assert_eq!(r.dst.len(), 1);
@@ -810,6 +897,17 @@ fn policy_file_defines_both_tags_and_exactly_one_rule_reaching_the_nas() {
     assert_eq!(
         r.dst[0].ports,
         Ports::Ranges(vec![(RECEIVER_PORT, RECEIVER_PORT)])
+    );
+    // The restore: the operators' devices to SSH on the NAS and on the VPS, over TCP.
+    let r = reaching[1];
+    assert_eq!(r.src, [OPERATORS]);
+    assert_eq!(r.proto.as_deref(), Some("tcp"));
+    let hosts: Vec<(&str, &Ports)> = r.dst.iter().map(|d| (d.host.as_str(), &d.ports)).collect();
+    let ssh = Ports::Ranges(vec![(SSH_PORT, SSH_PORT)]);
+    assert_eq!(hosts, [(NAS, &ssh), (VPS, &ssh)]);
+    assert!(
+        !policy.groups[OPERATORS].is_empty(),
+        "{OPERATORS} has no members"
     );
 }
 
@@ -825,10 +923,19 @@ const VPS_TESTS: &str = r#""tests": [
         {"src": "tag:prod-vps", "accept": ["tag:heim-nas:7443"],
          "deny": ["tag:heim-nas:22", "tag:heim-nas:80", "tag:heim-nas:443", "tag:heim-nas:5432", "tag:heim-nas:9000"]},
         {"src": "tag:other", "deny": ["tag:heim-nas:7443"]},
+        {"src": "operator@example.com", "accept": ["tag:heim-nas:22", "tag:prod-vps:22"]},
+        {"src": "tag:heim-nas", "deny": ["tag:prod-vps:22"]},
     ],"#;
 
+/// The operators and their restore rule, as in the real file.
+const OPERATORS_GROUP: &str = r#""groups": {"group:backup-operators": ["operator@example.com"]},"#;
+const OPERATORS_RULE: &str = r#"{"action": "accept", "src": ["group:backup-operators"], "proto": "tcp", "dst": ["tag:heim-nas:22", "tag:prod-vps:22"]},"#;
+
+/// A policy with the operators' group and rule, `acls`, and the essential tests.
 fn policy_with_acls(acls: &str) -> Policy {
-    let text = format!("{{ {TAGS} \"acls\": [ {acls} ], {VPS_TESTS} }}");
+    let text = format!(
+        "{{ {OPERATORS_GROUP} {TAGS} \"acls\": [ {OPERATORS_RULE} {acls} ], {VPS_TESTS} }}"
+    );
     Policy::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
@@ -963,6 +1070,65 @@ fn access_for_anyone_else_fails() {
     assert_mentions(
         &p.run_file_tests(),
         &["from tag:other to tag:heim-nas:7443"],
+    );
+}
+
+#[test]
+fn restore_access_beyond_the_operators_ssh_fails() {
+    let text = std::fs::read_to_string(POLICY_FILE).unwrap();
+    let rule_dst = r#""dst": ["tag:heim-nas:22", "tag:prod-vps:22"]"#;
+    let rule_src = r#""src": ["group:backup-operators"]"#;
+    for needle in [rule_dst, rule_src, r#""acls": ["#] {
+        assert!(
+            text.contains(needle),
+            "{POLICY_FILE} no longer contains {needle}"
+        );
+    }
+    let edited = |from: &str, to: &str| Policy::parse(&text.replacen(from, to, 1)).unwrap();
+
+    // The operators' rule widened to every port of the NAS.
+    let p = edited(rule_dst, r#""dst": ["tag:heim-nas:*", "tag:prod-vps:22"]"#);
+    assert_mentions(
+        &p.all_failures(),
+        &[
+            "tests: from operator@example.com to tag:heim-nas:7443: want deny",
+            "group:backup-operators is not denied 65534 port(s) of tag:heim-nas",
+            "operator@example.com is not denied 65534 port(s) of tag:heim-nas",
+        ],
+    );
+
+    // The restore rule given to every member instead of the operators.
+    let p = edited(rule_src, r#""src": ["autogroup:member"]"#);
+    assert_mentions(
+        &p.all_failures(),
+        &[
+            "tests: from alice@example.com to tag:heim-nas:22: want deny",
+            "autogroup:member is not denied 1 port(s) of tag:heim-nas, e.g. tag:heim-nas:22",
+            "alice@example.com is not denied 1 port(s)",
+        ],
+    );
+
+    // The NAS allowed into production's SSH (the tunnel the old runbook needed).
+    let p = edited(
+        r#""acls": ["#,
+        r#""acls": [{"action": "accept", "src": ["tag:heim-nas"], "dst": ["tag:prod-vps:22"]},"#,
+    );
+    assert_mentions(
+        &p.all_failures(),
+        &[
+            "tests: from tag:heim-nas to tag:prod-vps:22: want deny",
+            "tag:heim-nas is not denied 1 port(s) of tag:prod-vps",
+        ],
+    );
+
+    // No restore rule at all: nobody could run §5.
+    let p = edited(rule_dst, r#""dst": ["tag:other:22"]"#);
+    assert_mentions(
+        &p.all_failures(),
+        &[
+            "from operator@example.com to tag:heim-nas:22: want Yes (the restore)",
+            "from group:backup-operators to tag:prod-vps:22: want Yes (the restore)",
+        ],
     );
 }
 
