@@ -9,7 +9,9 @@
 # Prints:
 #   1. the audit log's suspect snapshots, refused commits and acknowledgements;
 #   2. the good snapshots taken before BEFORE, newest first, with the drills they passed
-#      (reports kept by drill.sh); good = not suspect, or suspect and acknowledged;
+#      (reports kept by drill.sh, and the passes the receiver records itself); good is the
+#      receiver's own verdict (`snapshots --json` status "good" or "acknowledged": not
+#      flagged, or flagged and acknowledged, and not rejected);
 #   3. "newest good:" and "newest drilled:" - the candidates. Prefer the drilled one after
 #      a compromise; otherwise take the newest good one (and drill it, §5.1).
 #
@@ -36,19 +38,19 @@ esac
 audit=$REPO/audit.log
 
 echo "== Audit log ($audit): suspect snapshots, refused commits, acknowledgements"
-acks='[]'
 if [ -f "$audit" ]; then
     # Lines that are not JSON are skipped, not fatal.
-    jq -R -r 'fromjson? | select(.event == "suspect" or .event == "ack"
+    jq -R -r 'fromjson? | select(.event == "suspect" or .event == "ack" or .event == "reject"
             or (.event == "rejected" and .call == "Commit"))
         | if .event == "suspect" then
             "\(.time)  suspect   \(.snapshot): \(.reason) (previous good: \(.previous_good // "none"))"
           elif .event == "ack" then
             "\(.time)  ack       \(.snapshot) by \(.operator): \(.note // "")"
+          elif .event == "reject" then
+            "\(.time)  reject    \(.snapshot) by \(.operator): \(.note // "")"
           else
             "\(.time)  refused   commit from \(.identity) at \(.peer // "?"): \(.code) \(.message)"
           end' "$audit"
-    acks=$(jq -R -n -c '[inputs | fromjson? | select(.event == "ack") | .snapshot]' "$audit")
 else
     echo "(no audit log)"
 fi
@@ -63,14 +65,16 @@ fi
 echo
 echo "== Good snapshots taken before $before, newest first"
 "$BACKUP_RECEIVER" snapshots --repo "$REPO" --json | jq -r \
-    --arg before "$before" --argjson acks "$acks" --argjson drills "$drills" '
+    --arg before "$before" --argjson drills "$drills" '
     map(select(.time < $before)
         | . as $s
-        | select(.suspect == null or any($acks[]; . == $s.id))
-        | .passed = [$drills[] | select(.snapshot == $s.id) | .drilled])
+        | select(.status == "good" or .status == "acknowledged")
+        | .passed = ([$drills[] | select(.snapshot == $s.id) | .drilled]
+                     + (if .drilled then ["(recorded by the receiver)"] else [] end)
+                     | unique))
     | sort_by(.time) | reverse
     | (.[] | "\(.id)  \(.time)  "
-            + (if .suspect != null then "(acknowledged suspect) " else "" end)
+            + (if .status == "acknowledged" then "(acknowledged suspect) " else "" end)
             + (if .passed == [] then "no drill passed"
                else "drill passed " + (.passed | join(", ")) end)),
       "",
