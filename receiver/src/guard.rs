@@ -49,6 +49,20 @@ fn measured_rows(m: &Manifest) -> Option<&BTreeMap<String, u64>> {
     m.measured.as_ref()?.dump.as_ref()?.row_counts.as_ref()
 }
 
+/// Per-table reasons named in one verdict; the rest are counted. A verdict goes into the
+/// manifest, the audit log and the reply, so it stays short whatever the dump holds.
+const TABLES_NAMED: usize = 5;
+
+/// Keeps the first `TABLES_NAMED` of `reasons` and counts the others.
+fn bounded(mut reasons: Vec<String>) -> Vec<String> {
+    if reasons.len() > TABLES_NAMED {
+        let more = reasons.len() - TABLES_NAMED;
+        reasons.truncate(TABLES_NAMED);
+        reasons.push(format!("and {more} more table(s)"));
+    }
+    reasons
+}
+
 /// Tables whose row count the sender claims differently from what the dump holds.
 fn claim_disagreements(snapshot: &Manifest) -> Vec<String> {
     let (Some(rows), Some(dump)) = (measured_rows(snapshot), &snapshot.dump) else {
@@ -71,7 +85,7 @@ fn claim_disagreements(snapshot: &Manifest) -> Vec<String> {
             "the dump holds table {table}, for which the sender claims no row count"
         ));
     }
-    out
+    bounded(out)
 }
 
 fn compare(thresholds: &Guard, prev: &Manifest, snapshot: &Manifest, reasons: &mut Vec<String>) {
@@ -138,18 +152,20 @@ fn compare(thresholds: &Guard, prev: &Manifest, snapshot: &Manifest, reasons: &m
         Some(_) => measured_rows(snapshot),
     };
     if let (Some(before_rows), Some(now_rows)) = (measured_rows(prev), now_rows) {
+        let mut tables = Vec::new();
         for (table, &before) in before_rows {
             let now = now_rows.get(table).copied().unwrap_or(0);
             if fell(before, now, thresholds.max_table_rows_drop) {
-                reasons.push(format!(
+                tables.push(format!(
                     "table {table} fell from {before} to {now} rows (guard.max_table_rows_drop {})",
                     thresholds.max_table_rows_drop
                 ));
             }
             if grew(before, now, thresholds.growth_min_rows) {
-                reasons.push(growth(&format!("table {table}'s rows"), before, now));
+                tables.push(growth(&format!("table {table}'s rows"), before, now));
             }
         }
+        reasons.extend(bounded(tables));
     }
 }
 
@@ -306,5 +322,18 @@ mod tests {
         let mut old = snap("g", 100_000, 10_000_000, 500_000, &[("public.t", 10_000)]);
         old.measured = None;
         assert_eq!(assess(&g, Some(&old), &prev), None);
+    }
+
+    #[test]
+    fn a_verdict_names_a_few_tables_and_counts_the_rest() {
+        let tables: Vec<(String, u64)> = (0..20).map(|i| (format!("public.t{i:02}"), 10)).collect();
+        let refs: Vec<(&str, u64)> = tables.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        let mut lying = snap("b", 100, 1000, 500, &refs);
+        for (_, n) in lying.dump.as_mut().unwrap().row_counts.iter_mut() {
+            *n = 99;
+        }
+        let r = assess(&Guard::default(), None, &lying).unwrap();
+        assert_eq!(r.matches("the sender claims 99 rows").count(), TABLES_NAMED);
+        assert!(r.ends_with("and 15 more table(s)"), "{r}");
     }
 }

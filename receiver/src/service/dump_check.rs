@@ -186,7 +186,18 @@ fn parse_toc(buf: &[u8]) -> Parsed<Toc> {
         need!(c.byte());
         need!(c.bytes(off_size));
         if desc == "TABLE DATA" {
-            tables.insert(dump_id, format!("{namespace}.{tag}"));
+            let name = format!("{namespace}.{tag}");
+            // Names go into the manifest and into messages: bounded like the sender's.
+            if name.len() > backup_common::wire::MAX_NAME_BYTES
+                || tables.len() >= backup_common::wire::MAX_TABLES
+            {
+                return Parsed::Bad(format!(
+                    "a table name longer than {} bytes, or more than {} tables",
+                    backup_common::wire::MAX_NAME_BYTES,
+                    backup_common::wire::MAX_TABLES
+                ));
+            }
+            tables.insert(dump_id, name);
         }
     }
     Parsed::Done(Toc {
