@@ -113,6 +113,57 @@ async fn two_stalled_commits_do_not_lock_out_the_honest_night() {
     baseline.assert_intact(&stack);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_holds_gc_back_beyond_max_session_age() {
+    let (mut stack, mut baseline) = stack_with("").await;
+    let text = std::fs::read_to_string(&stack.receiver.config).unwrap();
+    // Maintenance (prune and GC, which asks for the oldest session) every second.
+    std::fs::write(
+        &stack.receiver.config,
+        format!("{text}\n[limits]\nmax_session_age = \"3s\"\n[retention]\ninterval = \"1s\"\n"),
+    )
+    .unwrap();
+    stack.receiver.restart().await.unwrap();
+    let mut c = sender_client(&stack).await;
+    // A stalled commit (well within its idle timeout and deadline) and a session kept
+    // alive by a request every 200 ms: both end at limits.max_session_age.
+    let (stalled, call) = stalled_commit(&mut c).await;
+    let kept = begin(&mut c).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let expired = loop {
+        let r = c
+            .missing_chunks(proto::MissingChunksRequest {
+                session_id: kept.clone(),
+                ids: vec![],
+            })
+            .await;
+        if let Err(s) = r {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session outlived max_session_age"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(expired.code(), Code::FailedPrecondition, "{expired:?}");
+    assert!(expired.message().contains("unknown or expired session"));
+    assert_status(call.await.unwrap(), Code::Aborted, "max_session_age");
+    for session in [&stalled, &kept] {
+        let r = wait_for_audit(stack.repo(), |r| {
+            r["event"] == "session_expired" && r["session"] == session.as_str()
+        })
+        .await;
+        assert_eq!(r["identity"], "prod-vps");
+    }
+
+    std::fs::write(&stack.receiver.config, text).unwrap();
+    stack.receiver.restart().await.unwrap();
+    let objects = baseline.snapshots[0].objects.clone();
+    baseline.record(&stack, objects);
+    baseline.assert_intact(&stack);
+}
+
 // ------------------------------------------------------------- 1. the audit log
 
 /// Bytes of the audit log and its rotated generations.
