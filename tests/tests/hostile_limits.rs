@@ -631,6 +631,13 @@ async fn an_admitted_certificate_close_to_expiry_raises_the_alert() {
 
 // ------------------------------------------------------------- 4. parallel uploads
 
+/// A held PutChunks stream: its client, the sender half of its (silent) messages, the call.
+type Held = (
+    Client,
+    tokio::sync::mpsc::Sender<proto::ChunkUpload>,
+    tokio::task::JoinHandle<Result<proto::PutChunksResponse, tonic::Status>>,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_chunks_streams_are_bounded_per_connection_and_per_identity() {
     let (stack, mut baseline) = stack_with(
@@ -639,69 +646,83 @@ async fn put_chunks_streams_are_bounded_per_connection_and_per_identity() {
     )
     .await;
     let before = Stored::capture(stack.repo());
-    let mut c = sender_client(&stack).await;
-    let session = begin(&mut c).await.unwrap();
-    // Streams that send nothing and stay open, each on the one connection of `c`.
-    let mut held = Vec::new();
+    let c = sender_client(&stack).await;
+    let c2 = sender_client(&stack).await;
+    // A stream that sends nothing and stays open, on the connection of `c`.
     let open = |c: &Client| {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<proto::ChunkUpload>(1);
-        let mut c = c.clone();
+        let mut call_client = c.clone();
         let call = tokio::spawn(async move {
-            c.put_chunks(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+            call_client
+                .put_chunks(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
                 .await
                 .map(|r| r.into_inner())
         });
-        (tx, call)
+        (c.clone(), tx, call)
     };
-    for _ in 0..3 {
-        held.push(open(&c));
-    }
-    // Once the three streams are open on the receiver, a fourth one is refused.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let refused = loop {
-        let (tx, call) = open(&c);
-        let (up, _) = chunk(&session, b"probe");
-        let _ = tx.send(up).await;
-        drop(tx);
-        match call.await.unwrap() {
-            Err(s) if s.code() == Code::ResourceExhausted => break s,
-            _ => {}
+    // A stream that ends with its headers: answered at once, refused or not.
+    let probe = |c: &Client| {
+        let mut c = c.clone();
+        async move {
+            c.put_chunks(futures::stream::empty())
+                .await
+                .map(|r| r.into_inner())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a fourth stream was never refused"
-        );
     };
-    assert!(
-        refused
-            .message()
-            .contains("limits.max_put_streams_per_connection"),
-        "{refused:?}"
-    );
+    // Probes until one is refused with `fragment`. A probe may reach the receiver before a
+    // held stream and take its place (the held one is then refused and reopened), so
+    // when a probe is refused every place is taken by a held stream.
+    async fn probe_until_refused<P, F>(
+        held: &mut [Held],
+        open: &impl Fn(&Client) -> Held,
+        probe: P,
+        fragment: &str,
+    ) -> tonic::Status
+    where
+        P: Fn() -> F,
+        F: std::future::Future<Output = Result<proto::PutChunksResponse, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for h in held.iter_mut() {
+                if h.2.is_finished() {
+                    *h = open(&h.0);
+                }
+            }
+            match probe().await {
+                Err(s) if s.code() == Code::ResourceExhausted && s.message().contains(fragment) => {
+                    return s
+                }
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no refusal naming {fragment}: {other:?}"
+                ),
+            }
+        }
+    }
+    // Three streams on one connection: the fourth is refused.
+    let mut held: Vec<_> = (0..3).map(|_| open(&c)).collect();
+    let refused = probe_until_refused(
+        &mut held,
+        &open,
+        || probe(&c),
+        "limits.max_put_streams_per_connection",
+    )
+    .await;
+    assert!(refused.message().contains("is 3"), "{refused:?}");
     // A second connection of the same identity gets one more stream, then the identity's
     // limit refuses.
-    let mut c2 = sender_client(&stack).await;
     held.push(open(&c2));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let refused = loop {
-        let (up, _) = chunk(&session, b"probe 2");
-        match put(&mut c2, vec![up]).await {
-            Err(s)
-                if s.code() == Code::ResourceExhausted
-                    && s.message().contains("max_put_streams_per_identity") =>
-            {
-                break s
-            }
-            _ => {}
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the identity's limit never refused"
-        );
-    };
+    let refused = probe_until_refused(
+        &mut held,
+        &open,
+        || probe(&c2),
+        "limits.max_put_streams_per_identity",
+    )
+    .await;
     assert!(refused.message().contains("is 4"), "{refused:?}");
     // Closing the held streams gives their places back; the honest night uploads.
-    for (tx, call) in held {
+    for (_, tx, call) in held {
         drop(tx);
         let _ = call.await.unwrap();
     }
