@@ -726,12 +726,16 @@ impl ReceiverConfig {
                 return Err(invalid(key, "must be longer than 0s"));
             }
         }
-        if cfg.limits.max_put_streams_per_connection == 0
-            || cfg.limits.max_put_streams_per_identity == 0
-        {
+        if cfg.limits.max_put_streams_per_connection == 0 {
             return Err(invalid(
                 "limits.max_put_streams_per_connection",
-                "it and limits.max_put_streams_per_identity must be at least 1",
+                "must be at least 1",
+            ));
+        }
+        if cfg.limits.max_put_streams_per_identity == 0 {
+            return Err(invalid(
+                "limits.max_put_streams_per_identity",
+                "must be at least 1",
             ));
         }
         if cfg.limits.audit_log_max_bytes < 64 * 1024 {
@@ -930,6 +934,53 @@ allowed_networks = ["100.64.0.0/10"]
         assert_eq!(c.limits.max_message_bytes, crate::MAX_MESSAGE_BYTES);
         assert_eq!(c.guard.max_object_count_drop, 0.2);
         assert_eq!(c.guard.max_dump_shrink, 0.5);
+    }
+
+    #[test]
+    fn issue_12_limits_and_revocations_are_checked() {
+        let c = ReceiverConfig::load(write(RECEIVER).path()).unwrap();
+        assert_eq!(c.limits.commit_deadline.0, Duration::from_secs(1800));
+        assert_eq!(c.limits.commit_idle_timeout.0, Duration::from_secs(60));
+        assert_eq!(c.limits.max_session_age.0, Duration::from_secs(86400));
+        assert_eq!(
+            (
+                c.limits.max_put_streams_per_connection,
+                c.limits.max_put_streams_per_identity
+            ),
+            (4, 8)
+        );
+        assert!(c.admission.revoked_certificates.is_empty());
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let f = write(&format!("{RECEIVER}revoked_certificates = [\"{fp}\"]\n"));
+        assert_eq!(
+            ReceiverConfig::load(f.path())
+                .unwrap()
+                .admission
+                .revoked_certificates,
+            [fp]
+        );
+        for (extra, key) in [
+            (
+                "revoked_certificates = [\"sha1:00\"]\n",
+                "admission.revoked_certificates",
+            ),
+            (
+                "[limits]\ncommit_idle_timeout = \"0s\"\n",
+                "limits.commit_idle_timeout",
+            ),
+            (
+                "[limits]\nmax_put_streams_per_identity = 0\n",
+                "limits.max_put_streams_per_identity",
+            ),
+            (
+                "[limits]\naudit_log_max_bytes = 10\n",
+                "limits.audit_log_max_bytes",
+            ),
+        ] {
+            let f = write(&format!("{RECEIVER}{extra}"));
+            let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
     }
 
     #[test]
