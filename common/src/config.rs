@@ -428,6 +428,10 @@ pub struct Admission {
     /// Optional: ask the local tailscaled who the peer is and require a node tag.
     #[serde(default)]
     pub tailscale: Option<TailscaleCheck>,
+    /// Client certificates refused at the handshake although the CA signed them:
+    /// `"sha256:<hex of the DER certificate>"`, as `backup-receiver certs fingerprint` prints.
+    #[serde(default)]
+    pub revoked_certificates: Vec<String>,
 }
 
 /// `[admission.tailscale]`: the peer's Tailscale node, as the local tailscaled's LocalAPI
@@ -478,6 +482,27 @@ pub struct Limits {
     /// Largest gRPC message accepted (a chunk upload must fit: at least 5 MiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Longest a commit may take from its first message to its last object batch.
+    #[serde(default = "default_commit_deadline")]
+    pub commit_deadline: HumanDuration,
+    /// Longest a commit may wait for the peer's next message.
+    #[serde(default = "default_commit_idle_timeout")]
+    pub commit_idle_timeout: HumanDuration,
+    /// Longest an upload session may stay open (it holds back garbage collection's cut-off).
+    #[serde(default = "default_max_session_age")]
+    pub max_session_age: HumanDuration,
+    /// PutChunks streams one connection may have open at once.
+    #[serde(default = "default_put_streams_per_connection")]
+    pub max_put_streams_per_connection: usize,
+    /// PutChunks streams one certificate identity may have open at once.
+    #[serde(default = "default_put_streams_per_identity")]
+    pub max_put_streams_per_identity: usize,
+    /// Size at which `audit.log` is rotated.
+    #[serde(default = "default_audit_log_max_bytes")]
+    pub audit_log_max_bytes: u64,
+    /// Rotated (zstd-compressed) audit logs kept besides the current one.
+    #[serde(default = "default_audit_log_generations")]
+    pub audit_log_generations: u32,
 }
 
 /// `[guard]`: how far a snapshot may fall against the previous good one before the anomaly
@@ -570,6 +595,27 @@ fn default_min_free_bytes() -> u64 {
 fn default_max_message_bytes() -> usize {
     crate::MAX_MESSAGE_BYTES
 }
+fn default_commit_deadline() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 60))
+}
+fn default_commit_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_max_session_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+fn default_put_streams_per_connection() -> usize {
+    4
+}
+fn default_put_streams_per_identity() -> usize {
+    8
+}
+fn default_audit_log_max_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_audit_log_generations() -> u32 {
+    8
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -581,6 +627,13 @@ impl Default for Limits {
             max_daily_bytes: default_max_daily_bytes(),
             min_free_bytes: default_min_free_bytes(),
             max_message_bytes: default_max_message_bytes(),
+            commit_deadline: default_commit_deadline(),
+            commit_idle_timeout: default_commit_idle_timeout(),
+            max_session_age: default_max_session_age(),
+            max_put_streams_per_connection: default_put_streams_per_connection(),
+            max_put_streams_per_identity: default_put_streams_per_identity(),
+            audit_log_max_bytes: default_audit_log_max_bytes(),
+            audit_log_generations: default_audit_log_generations(),
         }
     }
 }
@@ -696,6 +749,51 @@ impl ReceiverConfig {
                     "must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES_LIMIT} (one 4 MiB chunk must fit)"
                 ),
             ));
+        }
+        for (key, value) in [
+            ("limits.commit_deadline", cfg.limits.commit_deadline.0),
+            (
+                "limits.commit_idle_timeout",
+                cfg.limits.commit_idle_timeout.0,
+            ),
+            ("limits.max_session_age", cfg.limits.max_session_age.0),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
+        if cfg.limits.max_put_streams_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_put_streams_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if cfg.limits.max_put_streams_per_identity == 0 {
+            return Err(invalid(
+                "limits.max_put_streams_per_identity",
+                "must be at least 1",
+            ));
+        }
+        if cfg.limits.audit_log_max_bytes < 64 * 1024 {
+            return Err(invalid(
+                "limits.audit_log_max_bytes",
+                "must be at least 65536 (64 KiB)",
+            ));
+        }
+        if cfg.limits.audit_log_generations == 0 {
+            return Err(invalid(
+                "limits.audit_log_generations",
+                "must be at least 1",
+            ));
+        }
+        for fp in &cfg.admission.revoked_certificates {
+            let hex = fp.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "admission.revoked_certificates",
+                    "every entry must be \"sha256:\" and 64 hex digits, as `backup-receiver certs fingerprint FILE` prints",
+                ));
+            }
         }
         for (key, value) in [
             (
@@ -885,6 +983,53 @@ allowed_networks = ["100.64.0.0/10"]
         assert_eq!(c.limits.max_message_bytes, crate::MAX_MESSAGE_BYTES);
         assert_eq!(c.guard.max_object_count_drop, 0.2);
         assert_eq!(c.guard.max_dump_shrink, 0.5);
+    }
+
+    #[test]
+    fn issue_12_limits_and_revocations_are_checked() {
+        let c = ReceiverConfig::load(write(RECEIVER).path()).unwrap();
+        assert_eq!(c.limits.commit_deadline.0, Duration::from_secs(1800));
+        assert_eq!(c.limits.commit_idle_timeout.0, Duration::from_secs(60));
+        assert_eq!(c.limits.max_session_age.0, Duration::from_secs(86400));
+        assert_eq!(
+            (
+                c.limits.max_put_streams_per_connection,
+                c.limits.max_put_streams_per_identity
+            ),
+            (4, 8)
+        );
+        assert!(c.admission.revoked_certificates.is_empty());
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let f = write(&format!("{RECEIVER}revoked_certificates = [\"{fp}\"]\n"));
+        assert_eq!(
+            ReceiverConfig::load(f.path())
+                .unwrap()
+                .admission
+                .revoked_certificates,
+            [fp]
+        );
+        for (extra, key) in [
+            (
+                "revoked_certificates = [\"sha1:00\"]\n",
+                "admission.revoked_certificates",
+            ),
+            (
+                "[limits]\ncommit_idle_timeout = \"0s\"\n",
+                "limits.commit_idle_timeout",
+            ),
+            (
+                "[limits]\nmax_put_streams_per_identity = 0\n",
+                "limits.max_put_streams_per_identity",
+            ),
+            (
+                "[limits]\naudit_log_max_bytes = 10\n",
+                "limits.audit_log_max_bytes",
+            ),
+        ] {
+            let f = write(&format!("{RECEIVER}{extra}"));
+            let e = ReceiverConfig::load(f.path()).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -7,27 +7,29 @@ use std::path::{Path, PathBuf};
 /// Longest key S3 allows, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// Why a key was refused. Each variant holds the key [`quoted`](crate::bounded::quoted)
+/// (a prefix, its length and a hash when long), never the whole key from the network.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("object key is empty")]
     Empty,
-    #[error("object key {0:?} is longer than {MAX_KEY_BYTES} bytes")]
+    #[error("object key {0} is longer than {MAX_KEY_BYTES} bytes")]
     TooLong(String),
-    #[error("object key {0:?} contains a NUL byte")]
+    #[error("object key {0} contains a NUL byte")]
     Nul(String),
-    #[error("object key {0:?} is an absolute path")]
+    #[error("object key {0} is an absolute path")]
     Absolute(String),
-    #[error("object key {0:?} has a `..` or `.` component")]
+    #[error("object key {0} has a `..` or `.` component")]
     DotComponent(String),
-    #[error("object key {0:?} has an empty path component (`//` or a trailing `/`)")]
+    #[error("object key {0} has an empty path component (`//` or a trailing `/`)")]
     EmptyComponent(String),
-    #[error("object key {0:?} contains a backslash")]
+    #[error("object key {0} contains a backslash")]
     Backslash(String),
 }
 
 /// Checks that `key` can be stored and restored as a relative path.
 pub fn validate(key: &str) -> Result<(), KeyError> {
-    let owned = || key.to_string();
+    let owned = || crate::bounded::quoted(key);
     if key.is_empty() {
         return Err(KeyError::Empty);
     }
@@ -103,5 +105,13 @@ mod tests {
             Err(KeyError::TooLong(_))
         ));
         assert!(safe_join(Path::new("/r"), "../x").is_err());
+    }
+
+    #[test]
+    fn a_long_key_is_bounded_in_its_error() {
+        let key = format!("{}/../x", "k".repeat(1 << 20));
+        let e = validate(&key).unwrap_err().to_string();
+        assert!(e.len() < 300, "{} bytes: {e}", e.len());
+        assert!(e.contains(&format!("{} bytes", key.len())), "{e}");
     }
 }

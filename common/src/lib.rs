@@ -6,6 +6,7 @@
 //! one network call is [`ping`]: a single bounded HTTP request to a dead-man's switch,
 //! shared so both programs speak the healthchecks.io protocol the same way.
 
+pub mod bounded;
 pub mod chunk;
 pub mod config;
 pub mod disk;

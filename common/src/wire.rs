@@ -2,6 +2,7 @@
 //! from the network passes through here and is checked for shape (id lengths, sizes that
 //! match their chunk lists) before the receiver looks at it further.
 
+use crate::bounded::quoted;
 use crate::chunk::{ChunkError, ChunkId, MAX_CHUNK};
 use crate::keys::{self, KeyError};
 use crate::manifest::{chunk_total, ChunkRef, DumpEntry, ObjectEntry};
@@ -27,7 +28,7 @@ pub enum WireError {
     },
     #[error("{what}: etag longer than 256 bytes")]
     EtagTooLong { what: String },
-    #[error("dump file name {0:?} is not a plain file name")]
+    #[error("dump file name {0} is not a plain file name")]
     DumpName(String),
     #[error("dump: {0}")]
     RowCounts(String),
@@ -114,7 +115,7 @@ pub fn object_to_proto(o: &ObjectEntry) -> proto::ObjectEntry {
 /// lengths within bounds that add up to the declared size.
 pub fn object_from_proto(o: proto::ObjectEntry) -> Result<ObjectEntry, WireError> {
     keys::validate(&o.key)?;
-    let what = format!("object {:?}", o.key);
+    let what = format!("object {}", quoted(&o.key));
     if o.etag.len() > 256 {
         return Err(WireError::EtagTooLong { what });
     }
@@ -152,11 +153,11 @@ pub fn dump_from_proto(d: proto::DumpEntry) -> Result<DumpEntry, WireError> {
         || d.file_name.contains(['/', '\\', '\0'])
         || d.file_name.starts_with('.')
     {
-        return Err(WireError::DumpName(d.file_name));
+        return Err(WireError::DumpName(quoted(&d.file_name)));
     }
     check_name("dump file name", &d.file_name)?;
     check_name("database name", &d.database)?;
-    let what = format!("dump {:?}", d.file_name);
+    let what = format!("dump {}", quoted(&d.file_name));
     let chunks = chunk_refs_from_proto(&what, d.chunks)?;
     check_size(&what, d.size, &chunks)?;
     if d.row_counts.len() > MAX_TABLES {
@@ -169,14 +170,14 @@ pub fn dump_from_proto(d: proto::DumpEntry) -> Result<DumpEntry, WireError> {
     for t in d.row_counts {
         if t.table.is_empty() || t.table.len() > MAX_NAME_BYTES || t.table.contains('\0') {
             return Err(WireError::RowCounts(format!(
-                "table name {:?} is empty, longer than {MAX_NAME_BYTES} bytes or holds a NUL",
-                t.table
+                "table name {} is empty, longer than {MAX_NAME_BYTES} bytes or holds a NUL",
+                quoted(&t.table)
             )));
         }
         if row_counts.insert(t.table.clone(), t.rows).is_some() {
             return Err(WireError::RowCounts(format!(
-                "duplicate row count for table {:?}",
-                t.table
+                "duplicate row count for table {}",
+                quoted(&t.table)
             )));
         }
     }
@@ -276,5 +277,25 @@ mod tests {
             dump_from_proto(long),
             Err(WireError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn peer_strings_in_errors_are_bounded() {
+        let huge = "t".repeat(1 << 20);
+        let e = dump_from_proto(dump(&[&huge])).unwrap_err().to_string();
+        assert!(e.len() < 400 && e.contains("1048576 bytes"), "{e}");
+        let mut d = dump(&[]);
+        d.file_name = format!("../{huge}");
+        let e = dump_from_proto(d).unwrap_err().to_string();
+        assert!(e.len() < 400, "{e}");
+        let e = object_from_proto(entry(&format!("{huge}/../x"), 0, &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{e}");
+        let mut o = entry("a", 0, &[]);
+        o.key = format!("k{}", "e".repeat(1000));
+        o.etag = huge.clone();
+        let e = object_from_proto(o).unwrap_err().to_string();
+        assert!(e.len() < 400, "{e}");
     }
 }

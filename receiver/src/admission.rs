@@ -13,6 +13,10 @@ use tonic::{Request, Status};
 pub struct Peer {
     pub addr: Option<SocketAddr>,
     pub identity: String,
+    /// The admitted client certificate: `certs fingerprint` form, and its notAfter (Unix
+    /// seconds) when it could be read.
+    pub cert_fingerprint: String,
+    pub cert_not_after: Option<i64>,
 }
 
 /// Why a peer was refused, for logs and metrics.
@@ -41,10 +45,25 @@ impl Refusal {
             Refusal::NoAddress => Status::permission_denied("peer address unknown"),
             Refusal::NoCertificate => Status::unauthenticated("a client certificate is required"),
             Refusal::Identity(ids) => Status::permission_denied(format!(
-                "client certificate identity {ids:?} is not in admission.allowed_identities"
+                "client certificate identity [{}] is not in admission.allowed_identities",
+                backup_common::bounded::bounded_join(ids, 4)
             )),
         }
     }
+}
+
+/// IPv4 peers reach a dual-stack listener as ::ffff:a.b.c.d.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Whether `ip` is in one of `networks` (`admission.allowed_networks`).
+pub fn network_allowed(networks: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    let ip = unmapped(ip);
+    networks.iter().any(|net| net.contains(&ip))
 }
 
 /// Checks a request against the admission rules.
@@ -57,13 +76,8 @@ pub fn admit<T>(
         Some(a) => a.ip(),
         None => return Err((Refusal::NoAddress, None)),
     };
-    // IPv4 peers reach a dual-stack listener as ::ffff:a.b.c.d.
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    if !rules.allowed_networks.iter().any(|net| net.contains(&ip)) {
-        return Err((Refusal::Network(ip), addr));
+    if !network_allowed(&rules.allowed_networks, ip) {
+        return Err((Refusal::Network(unmapped(ip)), addr));
     }
     let certs = request.peer_certs().ok_or((Refusal::NoCertificate, addr))?;
     let leaf = certs.first().ok_or((Refusal::NoCertificate, addr))?;
@@ -72,6 +86,8 @@ pub fn admit<T>(
         Some(id) => Ok(Peer {
             addr,
             identity: id.clone(),
+            cert_fingerprint: backup_common::tls::fingerprint(leaf.as_ref()),
+            cert_not_after: backup_common::tls::cert_not_after(leaf.as_ref()).ok(),
         }),
         None => Err((Refusal::Identity(ids), addr)),
     }

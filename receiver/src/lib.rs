@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod audit;
 pub mod clock;
+pub mod commit_watch;
 pub mod drill;
 pub mod gc;
 pub mod guard;
@@ -19,6 +20,7 @@ pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod snapshots;
+pub mod streams;
 pub mod tailscale;
 pub mod testhook;
 pub mod tls_accept;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use backup_common::config::{read_secret, ReceiverConfig, RetentionConfig};
-use backup_common::tls::{init_certs, CertSpec};
+use backup_common::tls::{init_certs_with, CertSpec, Lifetimes};
 use backup_receiver::audit::AuditLog;
 use backup_receiver::repository::Repository;
 use backup_receiver::snapshots::{self, SnapshotRow};
@@ -228,6 +228,35 @@ enum CertsCommand {
         /// Identity (CN and SAN) of the sender's client certificate.
         #[arg(long = "sender-identity", required = true)]
         sender_identities: Vec<String>,
+        /// Days the sender's client certificate is valid.
+        #[arg(long, default_value_t = backup_common::tls::DEFAULT_SENDER_DAYS)]
+        sender_days: u32,
+        /// Days the receiver's server certificate is valid.
+        #[arg(long, default_value_t = backup_common::tls::DEFAULT_SERVER_DAYS)]
+        server_days: u32,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = backup_common::tls::DEFAULT_CA_DAYS)]
+        ca_days: u32,
+    },
+    /// Issue a new sender certificate (sender.pem, sender.key) from the CA in --ca-dir.
+    IssueSender {
+        /// Directory holding ca.pem and ca.key, as `certs init` wrote them.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Identity (CN and SAN) of the new certificate.
+        #[arg(long)]
+        identity: String,
+        /// Directory to write sender.pem and sender.key to (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = backup_common::tls::DEFAULT_SENDER_DAYS)]
+        days: u32,
+    },
+    /// Print a certificate's fingerprint as `admission.revoked_certificates` lists it.
+    Fingerprint {
+        /// A PEM certificate file (the first certificate in it counts).
+        file: PathBuf,
     },
 }
 
@@ -435,18 +464,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server_name,
             server_ips,
             sender_identities,
+            sender_days,
+            server_days,
+            ca_days,
         }) => {
-            let files = init_certs(
+            let files = init_certs_with(
                 &out,
                 &CertSpec {
                     server_name: &server_name,
                     server_ips: &server_ips,
                     sender_identities: &sender_identities,
                 },
+                &Lifetimes {
+                    ca_days,
+                    server_days,
+                    sender_days,
+                },
             )?;
             for f in files {
                 println!("{}", out.join(f).display());
             }
+            Ok(())
+        }
+        Command::Certs(CertsCommand::IssueSender {
+            ca_dir,
+            identity,
+            out,
+            days,
+        }) => {
+            for f in backup_common::tls::issue_sender(&ca_dir, &identity, &out, days)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Fingerprint { file }) => {
+            let der = backup_common::tls::read_pem_certificate(&file)?;
+            println!("{}", backup_common::tls::fingerprint(&der));
             Ok(())
         }
     }

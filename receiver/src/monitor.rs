@@ -54,7 +54,14 @@ struct State {
     active: BTreeMap<&'static str, String>,
     /// Conditions a fail ping went out for since the last success ping.
     reported: BTreeSet<&'static str>,
+    /// Client certificates admitted since start: fingerprint → (identity, notAfter).
+    admitted_certs: BTreeMap<String, (String, DateTime<Utc>)>,
 }
+
+/// A fail ping goes out when an admitted client certificate expires within this long.
+pub const CERT_EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(30);
+/// Admitted certificates remembered (only CA-signed ones of allowed identities get here).
+const MAX_ADMITTED_CERTS: usize = 64;
 
 /// What the repository holds, read off disk.
 /// What the monitor keeps of the manifests: sums, never the manifests themselves.
@@ -159,6 +166,35 @@ impl Monitor {
                 );
             }
         }
+    }
+
+    /// A client certificate was admitted (CA-signed, not revoked, identity allowed): its
+    /// expiry feeds the `backup_receiver_admitted_certificate_expiry_timestamp_seconds`
+    /// metric and the `certificate_expiry` alert.
+    pub fn certificate_admitted(&self, fingerprint: &str, identity: &str, not_after: i64) {
+        let Some(not_after) = DateTime::from_timestamp(not_after, 0) else {
+            return;
+        };
+        let mut st = self.state();
+        if st.admitted_certs.contains_key(fingerprint) {
+            return;
+        }
+        if st.admitted_certs.len() >= MAX_ADMITTED_CERTS {
+            // Keep the ones expiring first: they are what the alert is about.
+            let latest = st
+                .admitted_certs
+                .iter()
+                .max_by_key(|(_, (_, t))| *t)
+                .map(|(k, (_, t))| (k.clone(), *t));
+            match latest {
+                Some((k, t)) if t > not_after => {
+                    st.admitted_certs.remove(&k);
+                }
+                _ => return,
+            }
+        }
+        st.admitted_certs
+            .insert(fingerprint.to_string(), (identity.to_string(), not_after));
     }
 
     /// A request was refused or rejected; `reason` labels the metric.
@@ -284,6 +320,22 @@ impl Monitor {
                     now.to_rfc3339()
                 ),
             );
+        }
+        if let Some((fp, (identity, expiry))) =
+            st.admitted_certs.iter().min_by_key(|(_, (_, t))| *t)
+        {
+            if *expiry - now < CERT_EXPIRY_WARNING {
+                active.insert(
+                    "certificate_expiry",
+                    format!(
+                        "the client certificate of {identity} ({fp}) admitted by this receiver \
+                         expires at {}, within 30 days (receiver clock now {}); issue a new one \
+                         with `backup-receiver certs issue-sender`",
+                        expiry.to_rfc3339(),
+                        now.to_rfc3339()
+                    ),
+                );
+            }
         }
         if let Some(free) = st.free_bytes {
             let min = self.config.min_free_bytes_alert;
@@ -444,6 +496,13 @@ impl Monitor {
                 free.to_string(),
             );
         }
+        if let Some((_, expiry)) = st.admitted_certs.values().min_by_key(|(_, t)| *t) {
+            gauge(
+                "backup_receiver_admitted_certificate_expiry_timestamp_seconds",
+                "When the first of the client certificates admitted since start expires.",
+                expiry.timestamp().to_string(),
+            );
+        }
         if let Some((time, ok)) = st.last_verify {
             gauge(
                 "backup_receiver_last_verify_success",
@@ -473,7 +532,7 @@ impl Monitor {
             "# HELP backup_receiver_alert Conditions alerting now (1), by kind.\n\
              # TYPE backup_receiver_alert gauge"
         );
-        for kind in ["missed_window", "low_free_space"] {
+        for kind in ["missed_window", "low_free_space", "certificate_expiry"] {
             let _ = writeln!(
                 out,
                 "backup_receiver_alert{{kind=\"{kind}\"}} {}",

@@ -19,8 +19,13 @@ pub enum QuotaError {
     Session { used: u64, more: u64, limit: u64 },
     #[error("{used} bytes were stored today (receiver clock); {more} more would exceed limits.max_daily_bytes ({limit})")]
     Daily { used: u64, more: u64, limit: u64 },
-    #[error("the repository's filesystem has {free} bytes free; storing {more} more would eat into limits.min_free_bytes ({limit})")]
-    Reserve { free: u64, more: u64, limit: u64 },
+    #[error("the repository's filesystem has {free} bytes free; storing {more} more would eat into limits.min_free_bytes ({limit}) plus the {audit} bytes kept for the audit log")]
+    Reserve {
+        free: u64,
+        more: u64,
+        limit: u64,
+        audit: u64,
+    },
     #[error("cannot measure the free space of {path}: {message}")]
     Statvfs { path: PathBuf, message: String },
 }
@@ -43,6 +48,8 @@ pub struct Quota {
     max_session_bytes: u64,
     max_daily_bytes: u64,
     min_free_bytes: u64,
+    /// Kept free besides `min_free_bytes`: the most the rotated audit log can grow to.
+    audit_bytes: u64,
     repo_root: PathBuf,
     tz: Tz,
     daily: Mutex<Daily>,
@@ -71,6 +78,7 @@ impl Quota {
             max_session_bytes: limits.max_session_bytes,
             max_daily_bytes: limits.max_daily_bytes,
             min_free_bytes: limits.min_free_bytes,
+            audit_bytes: 0,
             repo_root: repo.root().to_path_buf(),
             tz,
             daily: Mutex::new(Daily {
@@ -80,17 +88,26 @@ impl Quota {
         }
     }
 
+    /// Keeps `bytes` free on top of `limits.min_free_bytes` for the audit log (its
+    /// [`crate::audit::AuditLog::max_disk_bytes`]), so what the network makes the receiver
+    /// store and log together never eats into the reserve.
+    pub fn with_audit_reserve(mut self, bytes: u64) -> Self {
+        self.audit_bytes = bytes;
+        self
+    }
+
     /// Checks that `more` bytes fit above the free-space reserve.
     pub fn check_free(&self, more: u64) -> Result<(), QuotaError> {
         let free = free_bytes(&self.repo_root).map_err(|e| QuotaError::Statvfs {
             path: self.repo_root.clone(),
             message: e.to_string(),
         })?;
-        if free.saturating_sub(more) < self.min_free_bytes {
+        if free.saturating_sub(more) < self.min_free_bytes.saturating_add(self.audit_bytes) {
             return Err(QuotaError::Reserve {
                 free,
                 more,
                 limit: self.min_free_bytes,
+                audit: self.audit_bytes,
             });
         }
         Ok(())

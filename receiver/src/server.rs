@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use backup_common::bounded::{bounded, bounded_join};
 use backup_common::config::ReceiverConfig;
 use backup_common::proto::backup_server::BackupServer;
 use serde_json::json;
@@ -62,19 +63,27 @@ pub async fn serve_on(
         .max_encoding_message_size(max_message);
     tracing::info!(listen = %listener.local_addr()?, repo = %config.repo.display(), "receiver listening");
     let incoming = tls_accept::incoming(listener, tls, move |refusal| {
-        monitor_for_tls.rejected("tls");
-        tracing::warn!(peer = %refusal.peer, identity = ?refusal.identities, error = %refusal.error, "refused TLS handshake");
-        audit.record(
+        monitor_for_tls.rejected(refusal.reason);
+        // Everything here came from an unauthenticated peer: bounded, and recorded at most
+        // once a minute per peer address and kind of refusal.
+        let identity = bounded_join(&refusal.identities, 4);
+        let detail = bounded(&refusal.error);
+        let recorded = audit.refused(
             clock_for_tls(),
-            "refused",
+            Some(refusal.peer.ip()),
+            refusal.reason,
+            &detail,
             json!({
                 "call": "TLS handshake",
                 "peer": refusal.peer.to_string(),
-                "reason": "tls",
-                "identity": refusal.identities.join(","),
-                "detail": refusal.error,
+                "reason": refusal.reason,
+                "identity": identity,
+                "detail": detail,
             }),
         );
+        if recorded {
+            tracing::warn!(peer = %refusal.peer, reason = refusal.reason, identity = %identity, error = %detail, "refused connection");
+        }
     });
     let served = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

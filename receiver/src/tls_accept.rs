@@ -3,16 +3,24 @@
 //! is logged and written to the audit log with the peer's address and the identity the
 //! certificate claimed, like every other refusal. The pinned CA is the only trust root.
 //!
+//! A connection from outside `admission.allowed_networks` is closed before any TLS byte
+//! is read: it costs no handshake, only a (rate-limited) refusal record. A client
+//! certificate listed in `admission.revoked_certificates` is refused in the handshake
+//! although the CA signed it.
+//!
 //! Each TCP connection's handshake runs in its own task, bounded by a deadline; the accept
 //! loop ends when the server stops listening to it.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use backup_common::config::ReceiverConfig;
-use backup_common::tls::cert_identities;
+use backup_common::tls::{cert_identities, fingerprint};
+use ipnet::IpNet;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -25,11 +33,15 @@ use tokio_stream::wrappers::ReceiverStream;
 
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A refused TLS handshake.
+/// A refused connection: from outside the allowed networks (no handshake was made), or
+/// a refused TLS handshake.
 #[derive(Debug, Clone)]
 pub struct TlsRefusal {
     pub peer: SocketAddr,
-    /// Identities (CN, DNS SANs) of the client certificate presented, if any.
+    /// "network", "revoked" or "tls".
+    pub reason: &'static str,
+    /// Identities (CN, DNS SANs) of the client certificate presented, if any. Unverified
+    /// and unbounded: bound them before they are logged.
     pub identities: Vec<String>,
     pub error: String,
 }
@@ -41,6 +53,9 @@ pub struct TlsMaterial {
     key: PrivateKeyDer<'static>,
     verifier: Arc<dyn ClientCertVerifier>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// `admission.revoked_certificates`, lower-case.
+    revoked: Arc<HashSet<String>>,
+    allowed_networks: Vec<IpNet>,
 }
 
 impl TlsMaterial {
@@ -80,16 +95,31 @@ impl TlsMaterial {
             key,
             verifier,
             provider,
+            revoked: Arc::new(
+                config
+                    .admission
+                    .revoked_certificates
+                    .iter()
+                    .map(|f| f.to_ascii_lowercase())
+                    .collect(),
+            ),
+            allowed_networks: config.admission.allowed_networks.clone(),
         };
-        material.server_config(Arc::new(Mutex::new(Vec::new())))?;
+        material.server_config(Arc::new(Mutex::new(Vec::new())), Arc::default())?;
         Ok(material)
     }
 
     /// A server config for one connection, recording the presented identities in `seen`.
-    fn server_config(&self, seen: Arc<Mutex<Vec<String>>>) -> anyhow::Result<rustls::ServerConfig> {
+    fn server_config(
+        &self,
+        seen: Arc<Mutex<Vec<String>>>,
+        revoked_seen: Arc<AtomicBool>,
+    ) -> anyhow::Result<rustls::ServerConfig> {
         let verifier = Arc::new(Recording {
             inner: self.verifier.clone(),
             seen,
+            revoked: self.revoked.clone(),
+            revoked_seen,
         });
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
@@ -124,6 +154,19 @@ pub fn incoming(
                     }
                 },
             };
+            if !crate::admission::network_allowed(&material.allowed_networks, peer.ip()) {
+                drop(tcp);
+                on_refused(TlsRefusal {
+                    peer,
+                    reason: "network",
+                    identities: Vec::new(),
+                    error: format!(
+                        "source address {} is not in admission.allowed_networks; closed before the TLS handshake",
+                        peer.ip()
+                    ),
+                });
+                continue;
+            }
             // gRPC replies are small writes (headers, message, trailers): without
             // TCP_NODELAY, Nagle holds them until the peer's delayed ACK, ~40 ms per call.
             if let Err(e) = tcp.set_nodelay(true) {
@@ -132,7 +175,8 @@ pub fn incoming(
             let (tx, material, on_refused) = (tx.clone(), material.clone(), on_refused.clone());
             tokio::spawn(async move {
                 let seen = Arc::new(Mutex::new(Vec::new()));
-                let cfg = match material.server_config(seen.clone()) {
+                let revoked = Arc::new(AtomicBool::new(false));
+                let cfg = match material.server_config(seen.clone(), revoked.clone()) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "TLS configuration");
@@ -151,7 +195,12 @@ pub fn incoming(
                         if is_tls_error {
                             on_refused(TlsRefusal {
                                 peer,
-                                identities: seen.lock().unwrap().clone(),
+                                reason: if revoked.load(Ordering::Relaxed) {
+                                    "revoked"
+                                } else {
+                                    "tls"
+                                },
+                                identities: std::mem::take(&mut *seen.lock().unwrap()),
                                 error: e.to_string(),
                             });
                         } else {
@@ -167,11 +216,14 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// Delegates to the pinned-CA verifier and remembers who the certificate claimed to be.
+/// Refuses revoked certificates, delegates to the pinned-CA verifier, and remembers who
+/// the certificate claimed to be.
 #[derive(Debug)]
 struct Recording {
     inner: Arc<dyn ClientCertVerifier>,
     seen: Arc<Mutex<Vec<String>>>,
+    revoked: Arc<HashSet<String>>,
+    revoked_seen: Arc<AtomicBool>,
 }
 
 impl ClientCertVerifier for Recording {
@@ -194,6 +246,12 @@ impl ClientCertVerifier for Recording {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         *self.seen.lock().unwrap() = cert_identities(end_entity.as_ref()).unwrap_or_default();
+        if !self.revoked.is_empty() && self.revoked.contains(&fingerprint(end_entity.as_ref())) {
+            self.revoked_seen.store(true, Ordering::Relaxed);
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
         self.inner
             .verify_client_cert(end_entity, intermediates, now)
     }

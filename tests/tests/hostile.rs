@@ -509,15 +509,34 @@ async fn source_network_not_allowed_is_refused_and_audited() {
     let (mut stack, baseline) = stack_with("").await;
     reconfigure(&mut stack, |t| t.replace("127.0.0.0/8", "10.0.0.0/8")).await;
     let before = Stored::capture(stack.repo());
-    let mut c = sender_client(&stack).await;
-    assert_status(
-        begin(&mut c).await,
-        Code::PermissionDenied,
-        "127.0.0.1 is not in admission.allowed_networks",
+    // Closed before the TLS handshake: no gRPC answer at all.
+    let attempt = async {
+        let ch = identity_channel(&stack, "sender.pem", "sender.key")
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        begin(&mut client(ch)).await
+    };
+    let err = attempt
+        .await
+        .expect_err("a peer outside the networks got in");
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+        ),
+        "{err:?}"
     );
-    assert!(audit(stack.repo())
-        .iter()
-        .any(|r| r["event"] == "refused" && r["reason"] == "network"));
+    let refused = wait_for_audit(stack.repo(), |r| {
+        r["event"] == "refused" && r["reason"] == "network"
+    })
+    .await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 is not in admission.allowed_networks"),
+        "{refused:?}"
+    );
     before.assert_unchanged(stack.repo());
     baseline.assert_intact(&stack);
 }

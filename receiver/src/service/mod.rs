@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use backup_common::bounded::{bounded, bounded_join, quoted};
 use backup_common::chunk::{self, ChunkId, MAX_CHUNK};
 use backup_common::config::ReceiverConfig;
 use backup_common::durable::Published;
@@ -30,6 +31,7 @@ use futures::Stream;
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admission::{admit, Peer};
@@ -72,9 +74,14 @@ struct Session {
     /// Receiver clock at BeginSession: garbage collection's cut-off stays before it.
     started: DateTime<Utc>,
     last_seen: Instant,
+    /// When BeginSession opened it: `limits.max_session_age` counts from here.
+    opened: Instant,
     new_chunks: u64,
     new_bytes: u64,
     committing: bool,
+    /// While a commit is still receiving: cancels it (see `commit_watch`). `None` once its
+    /// last message arrived; from then on the session is the receiver's to finish.
+    commit_cancel: Option<CancellationToken>,
 }
 
 pub struct BackupService {
@@ -95,6 +102,8 @@ pub struct BackupService {
     known: Arc<KnownChunks>,
     /// What each identity uploaded lately.
     uploads: Arc<RecentUploads>,
+    /// PutChunks streams open per connection and per identity.
+    put_streams: crate::streams::StreamLimits,
 }
 
 struct CommittedSession {
@@ -182,8 +191,13 @@ fn join_status(e: tokio::task::JoinError) -> Status {
 
 impl BackupService {
     pub fn new(repo: Repository, config: ReceiverConfig, clock: Clock) -> Self {
-        let audit = Arc::new(AuditLog::new(repo.root()));
-        let quota = Quota::new(&config.limits, &repo, clock(), config.retention.time_zone);
+        let audit = Arc::new(AuditLog::with_rotation(
+            repo.root(),
+            config.limits.audit_log_max_bytes,
+            config.limits.audit_log_generations,
+        ));
+        let quota = Quota::new(&config.limits, &repo, clock(), config.retention.time_zone)
+            .with_audit_reserve(audit.max_disk_bytes());
         let tailscale = config
             .admission
             .tailscale
@@ -191,6 +205,10 @@ impl BackupService {
             .map(TailscaleAdmission::new);
         let monitor = Monitor::new(&config.monitoring, repo.clone(), clock.clone());
         BackupService {
+            put_streams: crate::streams::StreamLimits::new(
+                config.limits.max_put_streams_per_connection,
+                config.limits.max_put_streams_per_identity,
+            ),
             monitor,
             repo,
             config,
@@ -228,6 +246,15 @@ impl BackupService {
         call: &'static str,
     ) -> impl Future<Output = Result<Peer, Status>> + Send + '_ {
         let admitted = self.admit_tls(request, call);
+        if let Ok(peer) = &admitted {
+            if let Some(not_after) = peer.cert_not_after {
+                self.monitor.certificate_admitted(
+                    &peer.cert_fingerprint,
+                    &peer.identity,
+                    not_after,
+                );
+            }
+        }
         async move {
             let peer = admitted?;
             self.admit_tailscale(peer, call).await
@@ -265,48 +292,64 @@ impl BackupService {
                 )
             }
         };
-        tracing::warn!(call, peer = %addr, identity = %peer.identity, tailscale_node = ?node, "refused peer (tailscale)");
-        self.audit.record(
+        let detail = bounded(status.message());
+        let recorded = self.audit.refused(
             (self.clock)(),
-            "refused",
+            Some(addr.ip()),
+            "tailscale",
+            &format!("{call} {detail}"),
             json!({
                 "call": call,
                 "peer": addr.to_string(),
                 "identity": peer.identity,
                 "reason": "tailscale",
-                "tailscale_node": node.as_ref().map(|n| n.name.clone()),
-                "tailscale_tags": node.as_ref().map(|n| n.tags.clone()),
-                "tailscale_login": node.as_ref().map(|n| n.login.clone()),
-                "detail": status.message(),
+                "tailscale_node": node.as_ref().map(|n| bounded(&n.name)),
+                "tailscale_tags": node.as_ref().map(|n| n.tags.iter().take(8).map(|t| bounded(t)).collect::<Vec<_>>()),
+                "tailscale_login": node.as_ref().map(|n| bounded(&n.login)),
+                "detail": detail,
             }),
         );
+        if recorded {
+            tracing::warn!(call, peer = %addr, identity = %peer.identity, tailscale_node = ?node.as_ref().map(|n| bounded(&n.name)), "refused peer (tailscale)");
+        }
         Err(status)
     }
 
     fn admit_tls<T>(&self, request: &Request<T>, call: &str) -> Result<Peer, Status> {
         admit(&self.config.admission, request).map_err(|(refusal, addr)| {
-            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
-            tracing::warn!(call, peer = %addr, reason = refusal.reason(), "refused peer");
+            let status = refusal.status();
+            let peer = addr.map(|a| a.to_string()).unwrap_or_default();
             self.monitor.rejected(refusal.reason());
-            self.audit.record(
+            let recorded = self.audit.refused(
                 (self.clock)(),
-                "refused",
+                addr.map(|a| a.ip()),
+                refusal.reason(),
+                &format!("{call} {}", status.message()),
                 json!({
                     "call": call,
-                    "peer": addr,
+                    "peer": peer,
                     "reason": refusal.reason(),
                     "identity": match &refusal {
-                        crate::admission::Refusal::Identity(ids) => ids.join(","),
+                        crate::admission::Refusal::Identity(ids) => bounded_join(ids, 4),
                         _ => String::new(),
                     },
-                    "detail": format!("{refusal:?}"),
+                    "detail": status.message(),
                 }),
             );
-            refusal.status()
+            if recorded {
+                tracing::warn!(call, peer = %peer, reason = refusal.reason(), "refused peer");
+            }
+            status
         })
     }
 
     fn reject(&self, peer: &Peer, call: &str, status: Status) -> Status {
+        // Messages name peer strings only bounded; this caps whatever else slipped in.
+        let status = if status.message().len() > 2048 {
+            Status::new(status.code(), bounded(status.message()))
+        } else {
+            status
+        };
         tracing::warn!(call, identity = %peer.identity, code = ?status.code(), message = status.message(), "rejected request");
         self.monitor.rejected(&monitor::code_label(status.code()));
         self.audit.record(
@@ -330,31 +373,74 @@ impl BackupService {
         sessions.values().map(|s| s.started).min()
     }
 
-    /// Drops sessions idle longer than the configured timeout.
+    /// Drops sessions idle longer than the configured timeout, and sessions older than
+    /// `limits.max_session_age` unless their commit has fully arrived (a commit still
+    /// receiving is cancelled), so no peer holds GC's cut-off back beyond that age.
     fn reap_idle(&self) {
         let timeout = self.config.limits.idle_timeout.0;
+        let max_age = self.config.limits.max_session_age.0;
+        let mut expired = Vec::new();
         let mut sessions = self.sessions.lock().unwrap();
         sessions.retain(|id, s| {
+            let receiving = !s.committing || s.commit_cancel.is_some();
+            if receiving && s.opened.elapsed() >= max_age {
+                if let Some(c) = &s.commit_cancel {
+                    c.cancel();
+                }
+                expired.push((id.clone(), s.peer_identity.clone()));
+                return false;
+            }
             let keep = s.committing || s.last_seen.elapsed() < timeout;
             if !keep {
                 tracing::info!(session = %id, "dropping idle session");
             }
             keep
         });
+        drop(sessions);
+        for (id, identity) in expired {
+            tracing::warn!(session = %id, identity = %identity, "dropping a session older than limits.max_session_age");
+            self.audit.record(
+                (self.clock)(),
+                "session_expired",
+                json!({ "session": id, "identity": identity, "reason": "limits.max_session_age" }),
+            );
+        }
     }
 
     /// At the session limit, a sender beginning a new session has given up on its older
     /// ones (a run killed or retried by hand): its least recently used session that is not
     /// committing makes room, instead of the retry being refused until the idle timeout.
     /// Only the same identity's sessions are touched, so one sender cannot end another's.
-    fn supersede_oldest(sessions: &mut HashMap<String, Session>, identity: &str) -> Option<String> {
-        let oldest = sessions
-            .iter()
-            .filter(|(_, s)| s.peer_identity == identity && !s.committing)
-            .min_by_key(|(_, s)| s.last_seen)
-            .map(|(id, _)| id.clone())?;
-        sessions.remove(&oldest);
-        Some(oldest)
+    /// When all of them are committing, the least recently used commit that is still
+    /// receiving is cancelled (a stalled commit must not lock its own sender out); a commit
+    /// whose last message has arrived is never touched. Returns the session and whether
+    /// its commit was cancelled.
+    fn supersede_oldest(
+        sessions: &mut HashMap<String, Session>,
+        identity: &str,
+    ) -> Option<(String, bool)> {
+        let oldest = |committing: bool| {
+            sessions
+                .iter()
+                .filter(|(_, s)| s.peer_identity == identity)
+                .filter(|(_, s)| {
+                    if committing {
+                        s.committing && s.commit_cancel.is_some()
+                    } else {
+                        !s.committing
+                    }
+                })
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(id, _)| id.clone())
+        };
+        let (oldest, committing) = match oldest(false) {
+            Some(id) => (id, false),
+            None => (oldest(true)?, true),
+        };
+        if let Some(cancel) = sessions.remove(&oldest).and_then(|s| s.commit_cancel) {
+            cancel.cancel();
+        }
+        Some((oldest, committing))
     }
 
     /// Looks up a live session owned by `peer` and marks it used.
@@ -366,7 +452,8 @@ impl BackupService {
                 Ok(())
             }
             _ => Err(Status::failed_precondition(format!(
-                "unknown or expired session {session_id:?}; begin a new session"
+                "unknown or expired session {}; begin a new session",
+                quoted(session_id)
             ))),
         }
     }
@@ -386,8 +473,33 @@ impl BackupService {
     async fn commit_inner(
         &self,
         peer: &Peer,
-        mut parts: Streaming<proto::CommitPart>,
+        parts: Streaming<proto::CommitPart>,
     ) -> Result<proto::CommitResponse, Status> {
+        // The whole stream, header included, is read under the commit limits.
+        let cancel = CancellationToken::new();
+        let stall = Arc::new(std::sync::OnceLock::new());
+        let committing_id: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
+        let ended_id = committing_id.clone();
+        let mut parts = crate::commit_watch::watch(
+            parts,
+            &self.config.limits,
+            cancel.clone(),
+            stall.clone(),
+            move || {
+                // The last message arrived: beyond cancellation from here on, unless the
+                // session was superseded or expired meanwhile.
+                let Some(id) = ended_id.get() else {
+                    return true;
+                };
+                match self.sessions.lock().unwrap().get_mut(id) {
+                    Some(s) => {
+                        s.commit_cancel = None;
+                        true
+                    }
+                    None => false,
+                }
+            },
+        );
         let header = match parts.next().await {
             Some(Ok(proto::CommitPart {
                 part: Some(commit_part::Part::Header(h)),
@@ -411,31 +523,34 @@ impl BackupService {
                 return Err(Status::already_exists("this session is already committing"));
             }
             s.committing = true;
+            s.commit_cancel = Some(cancel);
+            let _ = committing_id.set(header.session_id.clone());
         }
+        tracing::info!(session = %header.session_id, identity = %peer.identity, "commit receiving");
+        // Whatever ends this commit (an error, a stall, the peer going away and the
+        // future being dropped) leaves its session open for a retry but no longer committing.
+        let _reset = CommitReset {
+            sessions: &self.sessions,
+            id: &header.session_id,
+        };
         let result = self.commit_session(peer, &header, &mut parts).await;
-        let mut sessions = self.sessions.lock().unwrap();
-        match &result {
-            // A session commits once: success ends it.
-            Ok(reply) => {
-                sessions.remove(&header.session_id);
-                let keep = self.config.limits.idle_timeout.0;
-                let mut committed = self.committed.lock().unwrap();
-                committed.retain(|_, c| c.at.elapsed() < keep);
-                committed.insert(
-                    header.session_id.clone(),
-                    CommittedSession {
-                        identity: peer.identity.clone(),
-                        at: Instant::now(),
-                        reply: reply.clone(),
-                    },
-                );
-            }
-            Err(_) => {
-                if let Some(s) = sessions.get_mut(&header.session_id) {
-                    s.committing = false;
-                    s.last_seen = Instant::now();
-                }
-            }
+        if let Some(stall) = stall.get() {
+            tracing::warn!(session = %header.session_id, identity = %peer.identity, reason = stall.label(), "stalled commit dropped");
+        }
+        // A session commits once: success ends it (on failure `_reset` reopens it).
+        if let Ok(reply) = &result {
+            self.sessions.lock().unwrap().remove(&header.session_id);
+            let keep = self.config.limits.idle_timeout.0;
+            let mut committed = self.committed.lock().unwrap();
+            committed.retain(|_, c| c.at.elapsed() < keep);
+            committed.insert(
+                header.session_id.clone(),
+                CommittedSession {
+                    identity: peer.identity.clone(),
+                    at: Instant::now(),
+                    reply: reply.clone(),
+                },
+            );
         }
         result
     }
@@ -479,7 +594,7 @@ impl BackupService {
     async fn receive_commit(
         &self,
         header: &proto::CommitHeader,
-        parts: &mut Streaming<proto::CommitPart>,
+        parts: &mut crate::commit_watch::Watched<'_, proto::CommitPart>,
     ) -> Result<Claimed, Status> {
         wire::check_name("bucket name", &header.bucket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -513,7 +628,7 @@ impl BackupService {
         &self,
         peer: &Peer,
         header: &proto::CommitHeader,
-        parts: &mut Streaming<proto::CommitPart>,
+        parts: &mut crate::commit_watch::Watched<'_, proto::CommitPart>,
     ) -> Result<proto::CommitResponse, Status> {
         let claimed = self.receive_commit(header, parts).await?;
         let own_uploads = self.uploads.of(&peer.identity, self.upload_window());
@@ -749,7 +864,8 @@ impl BackupService {
         let mut sessions = self.sessions.lock().unwrap();
         let s = sessions.get_mut(session_id).ok_or_else(|| {
             Status::failed_precondition(format!(
-                "unknown or expired session {session_id:?}; begin a new session"
+                "unknown or expired session {}; begin a new session",
+                quoted(session_id)
             ))
         })?;
         self.quota
@@ -766,6 +882,23 @@ impl BackupService {
         if let Some(s) = self.sessions.lock().unwrap().get_mut(session_id) {
             s.new_chunks = s.new_chunks.saturating_sub(1);
             s.new_bytes = s.new_bytes.saturating_sub(bytes);
+        }
+    }
+}
+
+/// Ends the committing state of a session when its commit is over (or dropped).
+struct CommitReset<'a> {
+    sessions: &'a Mutex<HashMap<String, Session>>,
+    id: &'a str,
+}
+
+impl Drop for CommitReset<'_> {
+    fn drop(&mut self) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = sessions.get_mut(self.id) {
+            s.committing = false;
+            s.commit_cancel = None;
+            s.last_seen = Instant::now();
         }
     }
 }
@@ -809,26 +942,28 @@ impl Backup for BackupService {
                     sender_time: DateTime::from_timestamp(req.sender_time_unix, 0),
                     started: now,
                     last_seen: Instant::now(),
+                    opened: Instant::now(),
                     new_chunks: 0,
                     new_bytes: 0,
                     committing: false,
+                    commit_cancel: None,
                 },
             );
             superseded
         };
-        if let Some(old) = superseded {
-            tracing::warn!(session = %old, by = %id, identity = %peer.identity, "session superseded by a new one of the same sender");
+        if let Some((old, committing)) = superseded {
+            tracing::warn!(session = %old, by = %id, identity = %peer.identity, committing, "session superseded by a new one of the same sender");
             self.audit.record(
                 now,
                 "session_superseded",
-                json!({ "session": old, "by": id, "identity": peer.identity }),
+                json!({ "session": old, "by": id, "identity": peer.identity, "commit_cancelled": committing }),
             );
         }
         tracing::info!(session = %id, identity = %peer.identity, "session opened");
         self.audit.record(
             now,
             "session",
-            json!({ "session": id, "identity": peer.identity, "peer": peer.addr.map(|a| a.to_string()), "source_host": req.source_host }),
+            json!({ "session": id, "identity": peer.identity, "peer": peer.addr.map(|a| a.to_string()), "source_host": bounded(&req.source_host) }),
         );
         Ok(Response::new(proto::BeginSessionResponse {
             session_id: id,
@@ -937,6 +1072,10 @@ impl Backup for BackupService {
         request: Request<Streaming<proto::ChunkUpload>>,
     ) -> Result<Response<proto::PutChunksResponse>, Status> {
         let peer = self.admit(&request, "PutChunks").await?;
+        let _open = self
+            .put_streams
+            .acquire(peer.addr, &peer.identity)
+            .map_err(|s| self.reject(&peer, "PutChunks", s))?;
         let mut stream = request.into_inner();
         let mut reply = proto::PutChunksResponse::default();
         // Several chunks are verified and stored at once: hashing uses every core and their

@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use backup_common::bounded::quoted;
 use backup_common::chunk::{ChunkId, MIN_CHUNK};
 use backup_common::manifest::{ChunkRef, DumpEntry, Manifest, Measured, ObjectEntry};
 
@@ -151,7 +152,7 @@ impl Incoming {
             )));
         }
         check_cut(
-            &format!("object {:?}", entry.key),
+            &format!("object {}", quoted(&entry.key)),
             entry.size,
             &entry.chunks,
         )?;
@@ -161,8 +162,8 @@ impl Incoming {
         )?;
         if !self.keys.insert(entry.key.clone()) {
             return Err(Refusal::Invalid(format!(
-                "duplicate object key {:?}",
-                entry.key
+                "duplicate object key {}",
+                quoted(&entry.key)
             )));
         }
         self.objects.push(entry);
@@ -323,11 +324,17 @@ pub fn validate(
     }
     for &i in &to_read {
         let o = &objects[i];
-        let hash = read_back(&format!("object {:?}", o.key), &o.chunks, store, |_| {})?;
+        let hash = read_back(
+            &format!("object {}", quoted(&o.key)),
+            &o.chunks,
+            store,
+            |_| {},
+        )?;
         if hash != o.hash {
             return Err(Refusal::Invalid(format!(
-                "object {:?}: its chunks hash to {hash}, the entry claims {}",
-                o.key, o.hash
+                "object {}: its chunks hash to {hash}, the entry claims {}",
+                quoted(&o.key),
+                o.hash
             )));
         }
     }
@@ -376,8 +383,8 @@ pub fn validate(
 
 fn changed(o: &ObjectEntry, snapshot: &str) -> Refusal {
     Refusal::Invalid(format!(
-        "object {:?}: same size and ETag as in good snapshot {snapshot}, but different content",
-        o.key
+        "object {}: same size and ETag as in good snapshot {snapshot}, but different content",
+        quoted(&o.key)
     ))
 }
 
