@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use backup_common::manifest::Manifest;
+use backup_common::term::escape;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SnapshotRow {
@@ -54,7 +55,7 @@ pub fn table(rows: &[SnapshotRow]) -> String {
     for r in rows {
         out.push_str(&format!(
             "{:<22} {:<21} {:>10} {:>8} {:>10} {:>10}  {}\n",
-            r.id,
+            escape(&r.id),
             r.time,
             human_bytes(r.dump_bytes),
             r.object_count,
@@ -62,7 +63,7 @@ pub fn table(rows: &[SnapshotRow]) -> String {
             human_bytes(r.new_bytes),
             r.suspect
                 .as_deref()
-                .map(|s| format!("SUSPECT: {s}"))
+                .map(|s| format!("SUSPECT: {}", escape(s)))
                 .unwrap_or_default()
         ));
     }
