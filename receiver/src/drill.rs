@@ -624,10 +624,11 @@ async fn database_steps(
         steps.record("sandbox", t, Some(e));
         return;
     }
-    if runner.separate_user() {
-        // The sandbox user may pass through the drill's directory to its own cluster
-        // directory, but not list it or enter the restored objects (0700, ours).
-        if let Err(e) = fs::set_permissions(scratch, fs::Permissions::from_mode(0o711)) {
+    {
+        // A separate sandbox user may pass through the drill's directory to its own
+        // cluster directory, but not list it or enter the restored objects (0700, ours).
+        let mode = if runner.separate_user() { 0o711 } else { 0o700 };
+        if let Err(e) = fs::set_permissions(scratch, fs::Permissions::from_mode(mode)) {
             steps.record(
                 "sandbox",
                 t,
@@ -858,12 +859,19 @@ async fn start_throwaway(
         .await
         .map_err(|e| error_chain(&e))?;
     let client = connect(&pg.url("postgres")).await?;
+    // Two statements: CREATE DATABASE cannot run inside the implicit transaction of one.
     client
         .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-             NOBYPASSRLS; CREATE DATABASE {db} OWNER {role}",
-            role = quote_ident(RESTORE_ROLE),
-            db = quote_ident(database)
+            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
+            quote_ident(RESTORE_ROLE)
+        ))
+        .await
+        .map_err(|e| format!("creating role {RESTORE_ROLE}: {}", error_chain(&e)))?;
+    client
+        .batch_execute(&format!(
+            "CREATE DATABASE {} OWNER {}",
+            quote_ident(database),
+            quote_ident(RESTORE_ROLE)
         ))
         .await
         .map_err(|e| format!("creating database {database:?}: {}", error_chain(&e)))?;
@@ -968,12 +976,15 @@ async fn drop_database(admin_url: &str, database: &str, role: &str) -> Result<()
     let client = connect(admin_url).await?;
     client
         .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE); DROP ROLE IF EXISTS {}",
-            quote_ident(database),
-            quote_ident(role)
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(database)
         ))
         .await
-        .map_err(|e| format!("dropping database {database}: {}", error_chain(&e)))
+        .map_err(|e| format!("dropping database {database}: {}", error_chain(&e)))?;
+    client
+        .batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))
+        .await
+        .map_err(|e| format!("dropping role {role}: {}", error_chain(&e)))
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {

@@ -340,6 +340,13 @@ impl SandboxPg {
                 "creating a temporary directory in {}",
                 scratch.display()
             )))?;
+        // The socket lives here and trusts every local connection: only the sandbox's
+        // account (and root) may reach it, whatever the umask.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(io(format!("chmod 0700 {}", dir.path().display())))?;
         runner.chown(dir.path())?;
         let mut pg = SandboxPg {
             bin_dir: bin_dir.to_path_buf(),
