@@ -289,6 +289,23 @@ async fn an_archive_with_trusted_extensions_restores_cleanly_as_the_unprivileged
         .unwrap()
         .starts_with("drill_restore"));
     assert!(entries(scratch.path()).is_empty(), "sandbox left behind");
+
+    // As the systemd unit runs it: root without CAP_SYS_ADMIN, so the sandbox gets its
+    // network namespace inside a user namespace of its own instead.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-sys_admin", "--"])
+        .arg(bin("backup-receiver"))
+        .args(["drill", "--config", config.to_str().unwrap(), "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run setpriv");
+    let r = report(&out);
+    assert!(out.status.success(), "{r:#}");
+    assert_eq!(
+        r["isolation"]["network"],
+        "none (a user and network namespace of its own)"
+    );
+    assert_eq!(r["isolation"]["os_user"], "postgres");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
