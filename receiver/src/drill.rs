@@ -542,6 +542,9 @@ enum Sandbox {
         admin_url: String,
         database: String,
         role: String,
+        /// The role's password, handed to pg_restore in its environment (a command line
+        /// is readable by every local user).
+        password: String,
     },
 }
 
@@ -556,7 +559,7 @@ fn check_isolation(
 ) -> Result<(), String> {
     iso.os_user = runner.user_name().to_string();
     iso.network = runner.describe_network();
-    if runner.network() == sandbox_pg::Network::Shared && iso.network.contains("refused") {
+    if runner.network_refused().is_some() {
         iso.warnings.push(format!(
             "the sandbox has the host's network: {}",
             iso.network
@@ -672,10 +675,23 @@ async fn database_steps(
     let t = Instant::now();
     let mut cmd = match &sandbox {
         Sandbox::Throwaway(pg) => pg.command("pg_restore"),
-        Sandbox::Server { .. } => runner.command(&bin_dir.join("pg_restore"), Path::new("/")),
+        Sandbox::Server { password, .. } => {
+            let mut cmd = runner.command(&bin_dir.join("pg_restore"), Path::new("/"));
+            cmd.env("PGPASSWORD", password);
+            cmd
+        }
+    };
+    let dbname = match &sandbox {
+        Sandbox::Throwaway(_) => url.clone(),
+        Sandbox::Server {
+            admin_url,
+            database,
+            role,
+            ..
+        } => with_login(admin_url, role, None, database),
     };
     cmd.args(["--verbose", "--no-owner", "--no-privileges"])
-        .arg(format!("--dbname={url}"))
+        .arg(format!("--dbname={dbname}"))
         .stdout(Stdio::null());
     let (repo2, m2) = (repo.clone(), manifest.clone());
     let restored = tokio::task::spawn_blocking(move || {
@@ -776,6 +792,7 @@ async fn database_steps(
             admin_url,
             database,
             role,
+            ..
         } => drop_database(&admin_url, &database, &role).await.err(),
     };
     steps.record("remove_sandbox", t, err);
@@ -963,12 +980,13 @@ async fn create_on_server(admin_url: &str, snapshot: &str) -> Result<(Sandbox, S
         admin_url: admin_url.to_string(),
         database: name.clone(),
         role: name.clone(),
+        password: password.clone(),
     };
     if let Err(e) = created {
         let _ = drop_database(admin_url, &name, &name).await;
         return Err(e);
     }
-    let url = with_login(admin_url, &name, &password, &name);
+    let url = with_login(admin_url, &name, Some(&password), &name);
     Ok((sandbox, url))
 }
 
@@ -1122,8 +1140,8 @@ fn with_database(url: &str, db: &str) -> String {
     format!("{}/{db}{query}", &base[..authority_end])
 }
 
-/// `url` (a postgres:// URL) logging in as `user` with `password` to database `db`.
-fn with_login(url: &str, user: &str, password: &str, db: &str) -> String {
+/// `url` (a postgres:// URL) logging in as `user` (with `password`) to database `db`.
+fn with_login(url: &str, user: &str, password: Option<&str>, db: &str) -> String {
     let url = with_database(url, db);
     let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
     let authority_end = url[after_scheme..]
@@ -1134,11 +1152,13 @@ fn with_login(url: &str, user: &str, password: &str, db: &str) -> String {
         Some((_, host)) => host,
         None => &url[after_scheme..authority_end],
     };
+    let password = password
+        .map(|p| format!(":{}", percent_encode(p)))
+        .unwrap_or_default();
     format!(
-        "{}{}:{}@{host}{}",
+        "{}{}{password}@{host}{}",
         &url[..after_scheme],
         percent_encode(user),
-        percent_encode(password),
         &url[authority_end..]
     )
 }
@@ -1165,14 +1185,14 @@ mod tests {
             with_login(
                 "postgres://admin:pw@h:5433/postgres?sslmode=disable",
                 "r",
-                "p w",
+                Some("p w"),
                 "d"
             ),
             "postgres://r:p%20w@h:5433/d?sslmode=disable"
         );
         assert_eq!(
-            with_login("postgres://h", "r", "p", "d"),
-            "postgres://r:p@h/d"
+            with_login("postgres://h", "r", None, "d"),
+            "postgres://r@h/d"
         );
     }
 

@@ -429,7 +429,7 @@ async fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
     let manifest = repo.resolve(&args.snapshot)?;
     eprintln!(
         "restoring snapshot {} ({}, {} objects)",
-        manifest.id,
+        escape(&manifest.id),
         manifest.time.to_rfc3339(),
         manifest.stats.object_count
     );

@@ -371,6 +371,7 @@ impl Target {
         rustix::fs::fchmod(&root, Mode::from_raw_mode(DIR_MODE)).map_err(errno_at(dir))?;
         let staging_dir = tempfile::Builder::new()
             .prefix(".restore-staging-")
+            .permissions(fs::Permissions::from_mode(DIR_MODE))
             .tempdir_in(parent)
             .map_err(io_at(parent))?;
         let staging = rustix::fs::openat(
@@ -539,7 +540,8 @@ pub fn objects_to_dir(
                     totals.bytes += o.size;
                 }
                 Err(e) => {
-                    tracing::error!(key = ?o.key, error = %e, "object not restored");
+                    let error = backup_common::term::escape(&e.to_string()).into_owned();
+                    tracing::error!(key = ?o.key, error, "object not restored");
                     failures.lock().unwrap().push((i, o.key.clone(), e));
                 }
             }

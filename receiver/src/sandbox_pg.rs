@@ -113,6 +113,15 @@ impl Runner {
         if !isolate_network {
             return Ok(runner);
         }
+        if !bin_dir.join("postgres").is_file() {
+            return Err(SandboxError::Io {
+                what: format!(
+                    "no postgres in {} (set [drill] pg_bin_dir)",
+                    bin_dir.display()
+                ),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
         let candidates: &[Network] = if os_user.is_some() {
             &[Network::Namespace, Network::UserNamespace]
         } else {
@@ -150,6 +159,11 @@ impl Runner {
 
     pub fn network(&self) -> Network {
         self.network
+    }
+
+    /// Why the kernel refused every kind of network namespace, if it did.
+    pub fn network_refused(&self) -> Option<&str> {
+        self.network_refused.as_deref()
     }
 
     /// One line for the report.
