@@ -719,6 +719,12 @@ async fn database_steps(
             for e in &log.other_errors {
                 steps.failures.push(format!("pg_restore: {e}"));
             }
+            let named = log.not_restored.len() as u64 + log.more + log.other_errors.len() as u64;
+            if let Some(n) = log.ignored.filter(|&n| n > named) {
+                steps.failures.push(format!(
+                    "pg_restore: reported {n} error(s), of which {named} could be named"
+                ));
+            }
             let count = log.not_restored.len() as u64 + log.more;
             let err = if count > 0 {
                 Some(format!(
@@ -806,6 +812,8 @@ pub struct PgRestoreLog {
     pub more: u64,
     /// Errors not tied to an object (connection, archive format), at most a few.
     pub other_errors: Vec<String>,
+    /// The count pg_restore gives at the end (`errors ignored on restore: N`).
+    pub ignored: Option<u64>,
 }
 
 /// Reads pg_restore's `--verbose` stderr line by line (each cut to [`MAX_LINE_BYTES`])
@@ -824,6 +832,10 @@ pub fn parse_pg_restore_stderr(stderr: impl Read) -> PgRestoreLog {
                 _ => fields.join(" "),
             };
             current = Some(object);
+        } else if let Some(n) =
+            line.strip_prefix("pg_restore: warning: errors ignored on restore: ")
+        {
+            log.ignored = n.trim().parse().ok();
         } else if let Some(e) = line.strip_prefix("pg_restore: error: ") {
             let e = e
                 .trim_start_matches("could not execute query: ")
@@ -1225,6 +1237,7 @@ pg_restore: warning: errors ignored on restore: 2
             ]
         );
         assert_eq!(log.other_errors, ["could not open input file: x"]);
+        assert_eq!(log.ignored, Some(2));
         let long = format!("pg_restore: error: {}\n", "x".repeat(100_000));
         let log = parse_pg_restore_stderr(long.as_bytes());
         assert!(log.other_errors[0].len() <= MAX_ERROR_CHARS);
