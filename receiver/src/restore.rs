@@ -304,6 +304,14 @@ fn open_dir(dir: &OwnedFd, name: impl rustix::path::Arg) -> Result<OwnedFd, Errn
     )
 }
 
+/// The directory one writer used last: consecutive objects in one directory (the usual
+/// case, keys come sorted) share its descriptor instead of walking the path again.
+#[derive(Default)]
+pub struct DirCache {
+    prefix: String,
+    fd: Option<OwnedFd>,
+}
+
 /// The one writer of restored files (`restore --objects-out` and the drill): a directory
 /// that was new or empty and is ours, entered by file descriptor, never through a link.
 pub struct Target {
@@ -401,6 +409,7 @@ impl Target {
     /// that name appears.
     pub fn write(
         &self,
+        cache: &mut DirCache,
         repo: &Repository,
         key: &str,
         chunks: &[ChunkRef],
@@ -417,7 +426,13 @@ impl Target {
             });
         }
         let (file_name, dirs) = parts.split_last().expect("a valid key has a component");
-        let dir = self.enter(dirs)?;
+        let prefix = &key[..key.len() - file_name.len()];
+        if cache.fd.is_none() || cache.prefix != prefix {
+            cache.fd = None;
+            cache.fd = Some(self.enter(dirs)?);
+            cache.prefix = prefix.to_string();
+        }
+        let dir = cache.fd.as_ref().expect("set above");
         let staged = self.next.fetch_add(1, Ordering::Relaxed).to_string();
         let result = (|| {
             let fd = rustix::fs::openat(
@@ -437,7 +452,7 @@ impl Target {
             match rustix::fs::linkat(
                 &self.staging,
                 staged.as_str(),
-                &dir,
+                dir,
                 OsStr::new(file_name),
                 AtFlags::empty(),
             ) {
@@ -529,12 +544,13 @@ pub fn objects_to_dir(
     let failures: Mutex<Vec<(usize, String, RestoreError)>> = Mutex::new(Vec::new());
     let worker = || -> ObjectTotals {
         let mut totals = ObjectTotals::default();
+        let mut cache = DirCache::default();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(o) = manifest.objects.get(i) else {
                 break;
             };
-            match target.write(repo, &o.key, &o.chunks, o.size, o.hash) {
+            match target.write(&mut cache, repo, &o.key, &o.chunks, o.size, o.hash) {
                 Ok(()) => {
                     totals.objects += 1;
                     totals.bytes += o.size;
