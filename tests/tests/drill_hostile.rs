@@ -338,3 +338,60 @@ async fn a_sandbox_user_that_could_read_the_repository_is_refused() {
     assert_eq!(r["sandbox"], "none started");
     assert!(r["tables"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_root_the_drill_still_walls_in_the_dump_and_warns_about_the_user() {
+    let stack = Stack::start().await.unwrap();
+    stack.run_sender().summary();
+    // A copy of the repository owned by `postgres`, drilled as `postgres` (as the
+    // container, or a cron line without root, would run it).
+    let copy = tempfile::Builder::new()
+        .prefix("drill-repo-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let repo = copy.path().join("repo");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(stack.repo())
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let chown = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(copy.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(bin("backup-receiver"))
+        .args(["drill", "--json", "--repo"])
+        .arg(&repo)
+        .env("RUST_LOG", "warn")
+        .env("TMPDIR", copy.path())
+        .env("USER", "postgres")
+        .output()
+        .expect("run setpriv");
+    let r = report(&out);
+    assert!(out.status.success(), "{r:#}");
+    let iso = &r["isolation"];
+    assert!(
+        iso["role"].as_str().unwrap().starts_with("drill_restore"),
+        "{iso}"
+    );
+    assert_eq!(
+        iso["network"], "none (a user and network namespace of its own)",
+        "{iso}"
+    );
+    let warnings = iso["warnings"].to_string();
+    assert!(
+        warnings.contains("runs as the drill's own OS user (postgres)"),
+        "{warnings}"
+    );
+}
