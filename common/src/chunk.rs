@@ -48,6 +48,8 @@ pub enum ChunkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("chunk {id}: not in canonical form: {reason}")]
+    NotCanonical { id: ChunkId, reason: &'static str },
     #[error("reading input: {0}")]
     Read(#[from] std::io::Error),
 }
@@ -170,6 +172,7 @@ fn opened(
         });
     }
     let raw = if zstd_framed {
+        check_canonical_zstd(id, data, declared_len)?;
         Cow::Owned(
             zstd::bulk::decompress(data, declared_len)
                 .map_err(|source| ChunkError::Zstd { id, source })?,
@@ -186,6 +189,33 @@ fn opened(
     }
     verify(id, &raw)?;
     Ok(raw)
+}
+
+/// zstd's frame magic number (little-endian), as opposed to a skippable frame's.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A compressed chunk is stored as it arrives, so only one encoding of each chunk is
+/// accepted: exactly one zstd frame (no skippable frames, nothing after it) that records
+/// the raw length in its header and is smaller than the raw bytes. Anything else could
+/// make a small chunk occupy a large file, or two stored copies of one chunk differ.
+fn check_canonical_zstd(id: ChunkId, data: &[u8], declared_len: usize) -> Result<(), ChunkError> {
+    let not = |reason| Err(ChunkError::NotCanonical { id, reason });
+    if data.len() >= declared_len {
+        return not("compressed payload is not smaller than the raw bytes");
+    }
+    if !data.starts_with(&ZSTD_MAGIC) {
+        return not("payload does not start with a zstd frame");
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(data) {
+        Ok(n) if n == data.len() => {}
+        Ok(_) => return not("bytes follow the zstd frame"),
+        Err(_) => return not("zstd frame is malformed"),
+    }
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n == declared_len as u64 => Ok(()),
+        Ok(Some(_)) => not("zstd frame header gives another raw length"),
+        _ => not("zstd frame header does not record the raw length"),
+    }
 }
 
 /// Checks that `raw` hashes to `id`.
@@ -321,6 +351,48 @@ mod tests {
         assert!(matches!(
             check_chunk(id, false, &zeros[1..], zeros.len()),
             Err(ChunkError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn only_one_canonical_zstd_encoding_is_accepted() {
+        let text = b"Liebe Grete, ".repeat(200);
+        let id = ChunkId::of(&text);
+        let packed = zstd::bulk::compress(&text, 3).unwrap();
+        check_chunk(id, true, &packed, text.len()).unwrap();
+        let canonical = |data: &[u8]| match check_chunk(id, true, data, text.len()) {
+            Err(ChunkError::NotCanonical { reason, .. }) => reason,
+            other => panic!("expected NotCanonical, got {other:?}"),
+        };
+        // A skippable frame (magic 0x184D2A50) of 1 KiB after, and before, the real frame.
+        let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18];
+        skippable.extend_from_slice(&1024u32.to_le_bytes());
+        skippable.extend_from_slice(&[0; 1024]);
+        let mut after = packed.clone();
+        after.extend_from_slice(&skippable[..64]);
+        assert_eq!(canonical(&after), "bytes follow the zstd frame");
+        let mut before = skippable[..64].to_vec();
+        before[4..8].copy_from_slice(&56u32.to_le_bytes());
+        before.extend_from_slice(&packed);
+        assert_eq!(
+            canonical(&before),
+            "payload does not start with a zstd frame"
+        );
+        // A frame without the content size in its header.
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(false))
+            .unwrap();
+        let no_size = c.compress(&text).unwrap();
+        assert_eq!(
+            canonical(&no_size),
+            "zstd frame header does not record the raw length"
+        );
+        // Incompressible bytes "compressed" into a larger frame.
+        let noise = pseudo_random(2000, 5);
+        let big = zstd::bulk::compress(&noise, 1).unwrap();
+        assert!(matches!(
+            check_chunk(ChunkId::of(&noise), true, &big, noise.len()),
+            Err(ChunkError::NotCanonical { .. })
         ));
     }
 

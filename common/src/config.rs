@@ -349,7 +349,9 @@ pub struct RetentionConfig {
     pub keep_daily: u32,
     #[serde(default = "default_keep_weekly")]
     pub keep_weekly: u32,
-    #[serde(default)]
+    /// Months kept (default 6), so a quarterly drill always finds a snapshot older than
+    /// its previous one.
+    #[serde(default = "default_receiver_keep_monthly")]
     pub keep_monthly: u32,
     /// Calendar days and weeks are counted in this zone.
     #[serde(default = "default_time_zone")]
@@ -383,7 +385,7 @@ impl Default for RetentionConfig {
             keep_last: p.keep_last,
             keep_daily: p.keep_daily,
             keep_weekly: p.keep_weekly,
-            keep_monthly: p.keep_monthly,
+            keep_monthly: default_receiver_keep_monthly(),
             time_zone: default_time_zone(),
             interval: default_retention_interval(),
             trash_grace: default_trash_grace(),
@@ -392,6 +394,9 @@ impl Default for RetentionConfig {
     }
 }
 
+fn default_receiver_keep_monthly() -> u32 {
+    6
+}
 fn default_time_zone() -> chrono_tz::Tz {
     chrono_tz::Europe::Berlin
 }
@@ -456,13 +461,14 @@ pub struct Limits {
     /// A session with no request for this long is dropped.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
-    /// Snapshots accepted per day (receiver's clock).
+    /// Snapshots accepted per calendar day of `retention.time_zone` (receiver's clock).
     #[serde(default = "default_snapshots_per_day")]
     pub max_snapshots_per_day: u32,
     /// Stored (possibly compressed) chunk bytes one upload session may add.
     #[serde(default = "default_max_session_bytes")]
     pub max_session_bytes: u64,
-    /// Stored chunk bytes all sessions together may add per day (receiver's clock).
+    /// Stored chunk bytes all sessions together may add per calendar day of
+    /// `retention.time_zone` (receiver's clock).
     #[serde(default = "default_max_daily_bytes")]
     pub max_daily_bytes: u64,
     /// Free space the repository's filesystem keeps in reserve: a chunk that would eat
@@ -487,6 +493,30 @@ pub struct Guard {
     pub max_dump_shrink: f64,
     #[serde(default = "default_half")]
     pub max_table_rows_drop: f64,
+    /// Growth, as a fraction of the previous value, beyond which a snapshot is suspect
+    /// (1.0: more than doubled): an inflated snapshot must not become the baseline.
+    #[serde(default = "default_growth")]
+    pub max_growth: f64,
+    /// Growth is judged only once the previous value reached these floors.
+    #[serde(default = "default_growth_min_objects")]
+    pub growth_min_objects: u64,
+    #[serde(default = "default_growth_min_bytes")]
+    pub growth_min_bytes: u64,
+    #[serde(default = "default_growth_min_rows")]
+    pub growth_min_rows: u64,
+}
+
+fn default_growth() -> f64 {
+    1.0
+}
+fn default_growth_min_objects() -> u64 {
+    100
+}
+fn default_growth_min_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_growth_min_rows() -> u64 {
+    1000
 }
 
 fn default_object_drop() -> f64 {
@@ -503,6 +533,10 @@ impl Default for Guard {
             max_object_bytes_drop: default_object_drop(),
             max_dump_shrink: default_half(),
             max_table_rows_drop: default_half(),
+            max_growth: default_growth(),
+            growth_min_objects: default_growth_min_objects(),
+            growth_min_bytes: default_growth_min_bytes(),
+            growth_min_rows: default_growth_min_rows(),
         }
     }
 }
@@ -518,8 +552,10 @@ fn default_max_sessions() -> usize {
 fn default_idle_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
 }
+/// The nightly job commits once a day; a failed night's retries commit nothing, so they
+/// are not capped by this.
 fn default_snapshots_per_day() -> u32 {
-    3
+    1
 }
 const GIB: u64 = 1024 * 1024 * 1024;
 fn default_max_session_bytes() -> u64 {
@@ -685,6 +721,12 @@ impl ReceiverConfig {
                 ));
             }
         }
+        if !(cfg.guard.max_growth.is_finite() && cfg.guard.max_growth > 0.0) {
+            return Err(invalid(
+                "guard.max_growth",
+                "must be a positive fraction (1.0 = suspect when a value more than doubles)",
+            ));
+        }
         if let Some(ts) = &cfg.admission.tailscale {
             if ts.required_tags.is_empty()
                 || ts.required_tags.iter().any(|t| !t.starts_with("tag:"))
@@ -780,10 +822,17 @@ allowed_networks = ["100.64.0.0/10"]
     fn receiver_defaults_apply() {
         let f = write(RECEIVER);
         let c = ReceiverConfig::load(f.path()).unwrap();
-        assert_eq!(c.retention.policy(), Policy::default());
+        // The sender's local dumps keep 14 daily and 8 weekly; the receiver adds 6 monthly.
+        assert_eq!(
+            c.retention.policy(),
+            Policy {
+                keep_monthly: 6,
+                ..Policy::default()
+            }
+        );
         assert_eq!(c.retention.time_zone, chrono_tz::Europe::Berlin);
         assert_eq!(c.retention.trash_grace.0, Duration::from_secs(7 * 86400));
-        assert_eq!(c.limits.max_snapshots_per_day, 3);
+        assert_eq!(c.limits.max_snapshots_per_day, 1);
         assert!(c.admission.allowed_networks[0]
             .contains(&"100.100.1.1".parse::<std::net::IpAddr>().unwrap()));
     }

@@ -75,9 +75,10 @@ pub enum DrillError {
 /// Which snapshot to drill.
 #[derive(Debug, Clone)]
 pub enum Selector {
-    /// An id, or `latest`.
-    Named(String),
-    /// The newest snapshot committed at least this long ago (receiver's clock).
+    /// An id, or `latest` (the newest good snapshot); a snapshot that is not good only
+    /// by its id and with `allow_suspect`.
+    Named { name: String, allow_suspect: bool },
+    /// The newest good snapshot committed at least this long ago (receiver's clock).
     OlderThan(Duration),
 }
 
@@ -279,10 +280,19 @@ pub fn select(
     now: DateTime<Utc>,
 ) -> Result<Manifest, DrillError> {
     match selector {
-        Selector::Named(name) => Ok(repo.resolve(name)?),
+        Selector::Named {
+            name,
+            allow_suspect,
+        } => Ok(repo.resolve(name, *allow_suspect)?),
         Selector::OlderThan(min_age) => {
             let wanted = short_duration(min_age.as_secs());
-            let manifests = repo.manifests()?;
+            let mut manifests = Vec::new();
+            repo.for_each_manifest(|m| {
+                if crate::verdicts::is_good(repo, &m) {
+                    manifests.push(m);
+                }
+                true
+            })?;
             let cutoff =
                 now - chrono::Duration::from_std(*min_age).unwrap_or(chrono::Duration::MAX);
             let chosen = manifests

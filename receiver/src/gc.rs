@@ -52,21 +52,37 @@ pub fn cutoff(
     SystemTime::from(t)
 }
 
-/// The mark phase: every chunk id some manifest (kept or in the trash) references.
-/// A manifest that moves between `snapshots/` and `trash/` while we read (a concurrent
-/// prune or undelete) makes us read again; an unreadable one stops the collection.
+/// The mark phase: every chunk id some manifest (kept or in the trash) references, read one
+/// manifest at a time. Snapshots are listed, then the trash, then the snapshots again: a
+/// manifest an `undelete` moves back while we read the trash is caught by the second
+/// listing, one a prune moves to the trash was read in the first. A manifest that vanishes
+/// mid-read makes us start over; an unreadable one stops the collection.
 pub fn mark(repo: &Repository) -> Result<(HashSet<ChunkId>, u64), RepoError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let result = (|| {
-            let mut live = repo.manifests()?;
-            live.extend(trash::manifests(repo)?);
             let mut set = HashSet::new();
-            for m in &live {
+            let mut seen = HashSet::new();
+            for id in repo.snapshot_ids()? {
+                let m = repo.load_manifest(&id)?;
+                set.extend(m.chunk_refs().map(|r| r.id));
+                seen.insert(id);
+            }
+            let trashed = trash::manifests(repo)?;
+            let mut count = seen.len() as u64 + trashed.len() as u64;
+            for m in &trashed {
                 set.extend(m.chunk_refs().map(|r| r.id));
             }
-            Ok((set, live.len() as u64))
+            drop(trashed);
+            for id in repo.snapshot_ids()? {
+                if !seen.contains(&id) {
+                    let m = repo.load_manifest(&id)?;
+                    set.extend(m.chunk_refs().map(|r| r.id));
+                    count += 1;
+                }
+            }
+            Ok((set, count))
         })();
         match result {
             Err(RepoError::NoSuchSnapshot(_)) if attempt < 5 => continue,
@@ -205,6 +221,7 @@ mod tests {
             }],
             stats: SnapshotStats::default(),
             suspect: None,
+            measured: None,
         }
     }
 

@@ -1,27 +1,28 @@
 //! The anomaly guard: at commit, a snapshot is compared with the previous good one and
-//! marked suspect (in its manifest, before it is published) when objects, object bytes,
-//! the dump or a table's rows fell by more than the `[guard]` thresholds. Ten nights of
-//! empty snapshots from a hostile sender must not cost a single good one.
+//! marked suspect (in its manifest, before it is published) when it fell or grew by more
+//! than the `[guard]` thresholds. Ten nights of empty snapshots from a hostile sender must
+//! not cost a single good one, and one inflated snapshot must not make every honest night
+//! after it look like a drop.
 //!
-//! An operator acknowledges a suspect snapshot with `backup-receiver ack`, which writes
-//! `REPO/acks/<snapshot-id>.json` write-once. The contract other modules rely on
-//! (retention, the delta base in `Repository::latest_good`):
+//! The guard judges only on facts the receiver measured: object count and bytes of
+//! entries whose content it checked, the dump's size as stored, and the rows it counted in
+//! the dump's own table data (`Manifest::measured`). The sender's row counts are compared
+//! with that count and a disagreement makes the snapshot suspect; on their own they decide
+//! nothing. A previous snapshot without measurements (format 1) is no baseline.
 //!
-//! - a snapshot is *suspect* iff its manifest has `suspect: Some(_)` and no ack file exists;
-//! - an acknowledged snapshot counts as good (it becomes the next baseline);
-//! - retention pins the newest good snapshot older than any unacknowledged suspect one.
-//!
-//! This module never changes a manifest after it is published and never removes an ack.
+//! An operator acknowledges a suspect snapshot with `backup-receiver ack` (it then counts
+//! as good) or takes any snapshot out of every decision with `backup-receiver reject`;
+//! both are write-once files (see [`crate::verdicts`]), and this module never changes a
+//! manifest after it is published.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 
 use backup_common::config::Guard;
-use backup_common::durable::{self, Published};
 use backup_common::manifest::Manifest;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use crate::repository::{RepoError, Repository};
+pub use crate::verdicts::{
+    ack_path, acknowledge, is_acknowledged, is_good, is_rejected, is_suspect, reject, Ack, AckError,
+};
 
 /// Why `snapshot` is suspect against `previous` (the newest good snapshot), if it is.
 /// Several reasons are joined with "; ". The first snapshot is never suspect.
@@ -30,11 +31,59 @@ pub fn assess(
     previous: Option<&Manifest>,
     snapshot: &Manifest,
 ) -> Option<String> {
-    let prev = previous?;
-    let mut reasons = Vec::new();
+    let mut reasons = claim_disagreements(snapshot);
+    if let Some(prev) = previous.filter(|p| p.content_verified()) {
+        compare(thresholds, prev, snapshot, &mut reasons);
+    }
+    if reasons.is_empty() {
+        return None;
+    }
+    Some(match previous.filter(|p| p.content_verified()) {
+        Some(prev) => format!("against snapshot {}: {}", prev.id, reasons.join("; ")),
+        None => reasons.join("; "),
+    })
+}
+
+/// Rows the receiver counted in the dump, by table, if it could count them.
+fn measured_rows(m: &Manifest) -> Option<&BTreeMap<String, u64>> {
+    m.measured.as_ref()?.dump.as_ref()?.row_counts.as_ref()
+}
+
+/// Tables whose row count the sender claims differently from what the dump holds.
+fn claim_disagreements(snapshot: &Manifest) -> Vec<String> {
+    let (Some(rows), Some(dump)) = (measured_rows(snapshot), &snapshot.dump) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (table, &claimed) in &dump.row_counts {
+        match rows.get(table) {
+            Some(&counted) if counted == claimed => {}
+            Some(&counted) => out.push(format!(
+                "the sender claims {claimed} rows for table {table}, the dump holds {counted}"
+            )),
+            None => out.push(format!(
+                "the sender claims {claimed} rows for table {table}, the dump holds no data for it"
+            )),
+        }
+    }
+    for table in rows.keys().filter(|t| !dump.row_counts.contains_key(*t)) {
+        out.push(format!(
+            "the dump holds table {table}, for which the sender claims no row count"
+        ));
+    }
+    out
+}
+
+fn compare(thresholds: &Guard, prev: &Manifest, snapshot: &Manifest, reasons: &mut Vec<String>) {
     // `now` fell by more than `max` (a fraction) of `before`.
     let fell = |before: u64, now: u64, max: f64| {
         before > 0 && now < before && (before - now) as f64 > before as f64 * max
+    };
+    // `now` grew by more than `max_growth` of `before`, and `before` was at least `floor`.
+    let grew = |before: u64, now: u64, floor: u64| {
+        before >= floor.max(1)
+            && now > before
+            && (now - before) as f64 > before as f64 * thresholds.max_growth
     };
     let (p, n) = (&prev.stats, &snapshot.stats);
     if fell(
@@ -63,105 +112,44 @@ pub fn assess(
             p.dump_bytes, n.dump_bytes, thresholds.max_dump_shrink
         ));
     }
-    if let Some(prev_dump) = &prev.dump {
-        let now_rows = snapshot.dump.as_ref().map(|d| &d.row_counts);
-        for (table, &before) in &prev_dump.row_counts {
-            let now = now_rows.and_then(|r| r.get(table)).copied().unwrap_or(0);
+    let growth = |what: &str, before: u64, now: u64| {
+        format!(
+            "{what} grew from {before} to {now} (guard.max_growth {})",
+            thresholds.max_growth
+        )
+    };
+    if grew(
+        p.object_count,
+        n.object_count,
+        thresholds.growth_min_objects,
+    ) {
+        reasons.push(growth("object count", p.object_count, n.object_count));
+    }
+    if grew(p.object_bytes, n.object_bytes, thresholds.growth_min_bytes) {
+        reasons.push(growth("object bytes", p.object_bytes, n.object_bytes));
+    }
+    if grew(p.dump_bytes, n.dump_bytes, thresholds.growth_min_bytes) {
+        reasons.push(growth("dump bytes", p.dump_bytes, n.dump_bytes));
+    }
+    let no_rows = BTreeMap::new();
+    // No dump holds no rows; a dump whose rows could not be counted is judged by its size.
+    let now_rows = match &snapshot.dump {
+        None => Some(&no_rows),
+        Some(_) => measured_rows(snapshot),
+    };
+    if let (Some(before_rows), Some(now_rows)) = (measured_rows(prev), now_rows) {
+        for (table, &before) in before_rows {
+            let now = now_rows.get(table).copied().unwrap_or(0);
             if fell(before, now, thresholds.max_table_rows_drop) {
                 reasons.push(format!(
                     "table {table} fell from {before} to {now} rows (guard.max_table_rows_drop {})",
                     thresholds.max_table_rows_drop
                 ));
             }
+            if grew(before, now, thresholds.growth_min_rows) {
+                reasons.push(growth(&format!("table {table}'s rows"), before, now));
+            }
         }
-    }
-    if reasons.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "against snapshot {}: {}",
-        prev.id,
-        reasons.join("; ")
-    ))
-}
-
-/// An operator's acknowledgement of a suspect snapshot (`REPO/acks/<id>.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ack {
-    pub snapshot: String,
-    pub time: DateTime<Utc>,
-    pub operator: String,
-    pub note: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AckError {
-    #[error(transparent)]
-    Repo(#[from] RepoError),
-    #[error("snapshot {0} is not suspect; there is nothing to acknowledge")]
-    NotSuspect(String),
-    #[error("snapshot {0} was already acknowledged ({1})")]
-    AlreadyAcknowledged(String, PathBuf),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-pub fn acks_dir(repo: &Repository) -> PathBuf {
-    repo.root().join("acks")
-}
-
-pub fn ack_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
-    acks_dir(repo).join(format!("{snapshot_id}.json"))
-}
-
-/// Whether an operator acknowledged snapshot `snapshot_id` (its ack file exists).
-pub fn is_acknowledged(repo: &Repository, snapshot_id: &str) -> bool {
-    !snapshot_id.contains(['/', '\\', '\0'])
-        && !snapshot_id.starts_with('.')
-        && ack_path(repo, snapshot_id).is_file()
-}
-
-/// Whether a snapshot counts as suspect: flagged by the guard and not acknowledged.
-pub fn is_suspect(repo: &Repository, manifest: &Manifest) -> bool {
-    manifest.suspect.is_some() && !is_acknowledged(repo, &manifest.id)
-}
-
-/// Acknowledges a suspect snapshot (`name` is an id or `latest`) write-once.
-pub fn acknowledge(
-    repo: &Repository,
-    name: &str,
-    operator: &str,
-    note: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<Ack, AckError> {
-    let manifest = repo.resolve(name)?;
-    if manifest.suspect.is_none() {
-        return Err(AckError::NotSuspect(manifest.id));
-    }
-    let dir = acks_dir(repo);
-    std::fs::create_dir_all(&dir).map_err(|source| AckError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let ack = Ack {
-        snapshot: manifest.id.clone(),
-        time: now,
-        operator: operator.to_string(),
-        note: note.map(str::to_string),
-    };
-    let bytes = serde_json::to_vec_pretty(&ack).expect("ack serializes");
-    let name = format!("{}.json", manifest.id);
-    match durable::write_once(&repo.tmp_dir(), &dir, &name, &bytes) {
-        Ok(Published::Created) => Ok(ack),
-        Ok(Published::AlreadyExisted) => Err(AckError::AlreadyAcknowledged(
-            manifest.id.clone(),
-            ack_path(repo, &manifest.id),
-        )),
-        Err(source) => Err(AckError::Io { path: dir, source }),
     }
 }
 
@@ -170,7 +158,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use backup_common::chunk::ChunkId;
-    use backup_common::manifest::{DumpEntry, SnapshotStats, FORMAT_VERSION};
+    use backup_common::manifest::{
+        DumpEntry, Measured, MeasuredDump, SnapshotStats, FORMAT_VERSION,
+    };
+    use chrono::Utc;
 
     use super::*;
 
@@ -203,6 +194,15 @@ mod tests {
                 new_bytes: 0,
             },
             suspect: None,
+            measured: Some(Measured {
+                content_verified: true,
+                dump: Some(MeasuredDump {
+                    archive_version: "1.14.0".into(),
+                    row_counts: Some(rows.iter().map(|(t, n)| (t.to_string(), *n)).collect()),
+                    row_counts_unmeasured: None,
+                }),
+                ..Measured::default()
+            }),
         }
     }
 
@@ -256,36 +256,55 @@ mod tests {
     }
 
     #[test]
-    fn acks_are_write_once_and_make_a_snapshot_good() {
-        let d = tempfile::tempdir().unwrap();
-        let repo = Repository::open_or_init(d.path()).unwrap();
-        let good = snap("20260101T000000Z", 10, 10, 10, &[]);
-        let mut bad = snap("20260102T000000Z", 0, 0, 0, &[]);
-        bad.suspect = Some("empty".into());
-        assert!(repo.publish_manifest(&good).unwrap());
-        assert!(repo.publish_manifest(&bad).unwrap());
-        assert_eq!(repo.latest_good().unwrap().unwrap().id, good.id);
-        assert!(is_suspect(&repo, &bad));
-        assert!(matches!(
-            acknowledge(&repo, &good.id, "op", None, Utc::now()),
-            Err(AckError::NotSuspect(_))
-        ));
-        let ack = acknowledge(
-            &repo,
-            "latest",
-            "op",
-            Some("bucket emptied on purpose"),
-            Utc::now(),
-        )
-        .unwrap();
-        assert_eq!(ack.snapshot, bad.id);
-        assert!(is_acknowledged(&repo, &bad.id));
-        assert!(!is_suspect(&repo, &bad));
-        assert_eq!(repo.latest_good().unwrap().unwrap().id, bad.id);
-        assert!(matches!(
-            acknowledge(&repo, &bad.id, "op", None, Utc::now()),
-            Err(AckError::AlreadyAcknowledged(..))
-        ));
-        assert!(!is_acknowledged(&repo, "../snapshots/20260102T000000Z"));
+    fn growth_beyond_the_threshold_is_suspect_and_claims_must_match_the_dump() {
+        let g = Guard {
+            growth_min_objects: 10,
+            growth_min_bytes: 100,
+            growth_min_rows: 5,
+            ..Guard::default()
+        };
+        let prev = snap("a", 100, 1000, 500, &[("public.t", 10)]);
+        let inflated = snap("b", 100, 400_000, 500, &[("public.t", 10_000)]);
+        let r = assess(&g, Some(&prev), &inflated).unwrap();
+        assert!(r.contains("object bytes grew from 1000 to 400000"), "{r}");
+        assert!(
+            r.contains("table public.t's rows grew from 10 to 10000"),
+            "{r}"
+        );
+        // Doubling is allowed (max_growth 1.0); below the floors nothing is judged.
+        assert_eq!(
+            assess(
+                &g,
+                Some(&prev),
+                &snap("c", 200, 2000, 1000, &[("public.t", 20)])
+            ),
+            None
+        );
+        let tiny = snap("d", 5, 50, 50, &[("public.t", 2)]);
+        assert_eq!(
+            assess(
+                &g,
+                Some(&tiny),
+                &snap("e", 50, 5000, 500, &[("public.t", 200)])
+            ),
+            None
+        );
+        // The sender's claim is compared with what the dump holds.
+        let mut lying = snap("f", 100, 1000, 500, &[("public.t", 10)]);
+        lying
+            .dump
+            .as_mut()
+            .unwrap()
+            .row_counts
+            .insert("public.t".into(), 11);
+        let r = assess(&g, Some(&prev), &lying).unwrap();
+        assert!(
+            r.contains("the sender claims 11 rows for table public.t, the dump holds 10"),
+            "{r}"
+        );
+        // A format-1 (unmeasured) previous snapshot is no baseline.
+        let mut old = snap("g", 100_000, 10_000_000, 500_000, &[("public.t", 10_000)]);
+        old.measured = None;
+        assert_eq!(assess(&g, Some(&old), &prev), None);
     }
 }

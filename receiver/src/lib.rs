@@ -23,4 +23,5 @@ pub mod tailscale;
 pub mod testhook;
 pub mod tls_accept;
 pub mod trash;
+pub mod verdicts;
 pub mod verify;

@@ -11,7 +11,7 @@ use backup_common::tls::{init_certs, CertSpec};
 use backup_receiver::audit::AuditLog;
 use backup_receiver::repository::Repository;
 use backup_receiver::snapshots::{self, SnapshotRow};
-use backup_receiver::{clock, drill, gc, guard, prune, restore, server, trash, verify};
+use backup_receiver::{clock, drill, gc, guard, prune, restore, server, trash, verdicts, verify};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -108,6 +108,21 @@ enum Command {
         #[arg(long)]
         operator: Option<String>,
     },
+    /// Reject a snapshot (by its id): it is taken out of every decision (delta base, guard
+    /// baseline, `latest`, retention slots, the chunks the network may learn exist) and
+    /// kept on disk for forensics until retention lets it go. For a snapshot a compromised
+    /// sender committed. Written once to REPO/rejects/<id>.json.
+    Reject {
+        snapshot: String,
+        #[arg(long)]
+        repo: PathBuf,
+        /// Why (kept in the reject file and the audit log).
+        #[arg(long)]
+        note: Option<String>,
+        /// Who rejects; defaults to $SUDO_USER, then $USER.
+        #[arg(long)]
+        operator: Option<String>,
+    },
 }
 
 /// The repository a maintenance command works on, and where its policy comes from.
@@ -153,10 +168,13 @@ struct RestoreIncomplete {
 
 #[derive(Args)]
 struct RestoreArgs {
-    /// Snapshot id, or `latest`.
+    /// Snapshot id, or `latest` (the newest good snapshot).
     snapshot: String,
     #[arg(long)]
     repo: PathBuf,
+    /// Allow restoring a snapshot that is suspect or rejected (named by its id).
+    #[arg(long)]
+    allow_suspect: bool,
     /// Write the exact database dump file here (must not exist, not even as a link).
     #[arg(long)]
     dump_out: Option<PathBuf>,
@@ -190,9 +208,12 @@ struct RestoreArgs {
 
 #[derive(Args)]
 struct DrillArgs {
-    /// Snapshot id, or `latest` (the default).
+    /// Snapshot id, or `latest` (the default: the newest good snapshot).
     #[arg(conflicts_with = "older_than")]
     snapshot: Option<String>,
+    /// Allow drilling a snapshot that is suspect or rejected (named by its id).
+    #[arg(long, requires = "snapshot")]
+    allow_suspect: bool,
     /// The repository; default: `repo` from --config.
     #[arg(long, required_unless_present = "config")]
     repo: Option<PathBuf>,
@@ -256,7 +277,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Snapshots { repo, json } => {
             let repo = Repository::open(&repo)?;
-            let rows: Vec<SnapshotRow> = repo.manifests()?.iter().map(SnapshotRow::from).collect();
+            let mut rows: Vec<SnapshotRow> = Vec::new();
+            repo.for_each_manifest(|m| {
+                rows.push(SnapshotRow::from(&m).with_verdicts(&repo));
+                true
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if rows.is_empty() {
@@ -294,6 +319,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "acknowledged suspect snapshot {} ({})",
                 ack.snapshot,
                 guard::ack_path(&repo, &ack.snapshot).display()
+            );
+            Ok(())
+        }
+        Command::Reject {
+            snapshot,
+            repo,
+            note,
+            operator,
+        } => {
+            let repo = Repository::open(&repo)?;
+            let operator = operator
+                .or_else(|| std::env::var("SUDO_USER").ok())
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "unknown".into());
+            let now = clock::from_env()();
+            let r = verdicts::reject(&repo, &snapshot, &operator, note.as_deref(), now)?;
+            AuditLog::new(repo.root()).record(
+                now,
+                "reject",
+                serde_json::json!({
+                    "snapshot": r.snapshot,
+                    "operator": r.operator,
+                    "note": r.note,
+                }),
+            );
+            println!(
+                "rejected snapshot {} ({}); it stays on disk for forensics until retention",
+                r.snapshot,
+                verdicts::reject_path(&repo, &r.snapshot).display()
             );
             Ok(())
         }
@@ -426,13 +480,14 @@ async fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
         anyhow::bail!("nothing to restore to: give --dump-out, --objects-out, --pg-restore or --objects-to-s3");
     }
     let repo = Repository::open(&args.repo)?;
-    let manifest = repo.resolve(&args.snapshot)?;
+    let manifest = repo.resolve(&args.snapshot, args.allow_suspect)?;
     eprintln!(
         "restoring snapshot {} ({}, {} objects)",
         escape(&manifest.id),
         manifest.time.to_rfc3339(),
         manifest.stats.object_count
     );
+    describe_choice(&repo, &args.snapshot, &manifest);
     let split = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
     if let Some(path) = &args.dump_out {
         let (repo, m, path) = (repo.clone(), manifest.clone(), path.clone());
@@ -512,11 +567,15 @@ async fn drill_cmd(args: DrillArgs) -> anyhow::Result<()> {
     };
     let selector = match (args.snapshot, args.older_than) {
         (_, Some(age)) => drill::Selector::OlderThan(age),
-        (name, None) => drill::Selector::Named(name.unwrap_or_else(|| "latest".into())),
+        (name, None) => drill::Selector::Named {
+            name: name.unwrap_or_else(|| "latest".into()),
+            allow_suspect: args.allow_suspect,
+        },
     };
     // What the sandbox's OS user must not read, besides the repository.
     let mut private_paths: Vec<PathBuf> = args.config.iter().cloned().collect();
     private_paths.extend(config.as_ref().map(|c| c.tls.server_key.clone()));
+    let repo_path = repo.clone();
     let opts = drill::DrillOptions {
         repo,
         selector,
@@ -524,7 +583,13 @@ async fn drill_cmd(args: DrillArgs) -> anyhow::Result<()> {
         now: clock::from_env()(),
         private_paths,
     };
+    let now = opts.now;
     let report = drill::run_and_ping(&opts, shutdown_signal()).await?;
+    if report.passed {
+        // Retention keeps the newest snapshot that passed a drill ("drilled").
+        let repo = Repository::open(&repo_path)?;
+        verdicts::record_drill_passed(&repo, &report.snapshot, "restore drill passed", now)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -542,6 +607,32 @@ async fn drill_cmd(args: DrillArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Says on stderr what an operator must know about the snapshot a command chose: that
+/// `latest` skipped newer snapshots that are not good, or that the named one is not good.
+fn describe_choice(repo: &Repository, asked: &str, chosen: &backup_common::manifest::Manifest) {
+    if let Some(why) = verdicts::not_good_because(repo, chosen) {
+        eprintln!(
+            "WARNING: snapshot {} is {why}; used because --allow-suspect was given",
+            chosen.id
+        );
+    }
+    if asked == "latest" {
+        let newer: Vec<String> = repo
+            .snapshot_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| id.as_str() > chosen.id.as_str())
+            .collect();
+        if !newer.is_empty() {
+            eprintln!(
+                "latest good snapshot is {}; newer snapshot(s) not chosen because they are suspect or rejected: {}",
+                chosen.id,
+                newer.join(", ")
+            );
+        }
+    }
 }
 
 fn backup_common_s3_client(

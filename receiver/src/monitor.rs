@@ -57,9 +57,16 @@ struct State {
 }
 
 /// What the repository holds, read off disk.
+/// What the monitor keeps of the manifests: sums, never the manifests themselves.
+#[derive(Default)]
+struct ManifestSums {
+    logical_bytes: u64,
+    newest: Option<LastSnapshot>,
+}
+
 struct RepoStats {
     snapshot_ids: Vec<String>,
-    manifests: Option<Vec<Manifest>>,
+    manifests: Option<ManifestSums>,
     chunks: u64,
     stored_bytes: u64,
     free_bytes: Option<u64>,
@@ -178,9 +185,25 @@ impl Monitor {
             tracing::warn!(error = %e, "monitor: cannot list snapshots");
             known.to_vec()
         });
-        // Manifests are read again only when the set of snapshots changed.
+        // Manifests are read again, one at a time, only when the set of snapshots changed;
+        // only their sums are kept.
         let manifests = (snapshot_ids != known)
-            .then(|| repo.manifests().ok())
+            .then(|| {
+                let mut sums = ManifestSums::default();
+                repo.for_each_manifest(|m| {
+                    sums.logical_bytes += m.total_bytes();
+                    if sums.newest.as_ref().is_none_or(|n| m.time >= n.time) {
+                        sums.newest = Some(LastSnapshot {
+                            id: m.id.clone(),
+                            time: m.time,
+                            total_bytes: m.total_bytes(),
+                        });
+                    }
+                    true
+                })
+                .ok()
+                .map(|()| sums)
+            })
             .flatten();
         let (mut chunks, mut stored_bytes) = (0, 0);
         if let Ok(dirs) = std::fs::read_dir(repo.chunks_dir()) {
@@ -223,14 +246,10 @@ impl Monitor {
         let now = (self.clock)();
         let mut st = self.state();
         st.snapshot_ids = stats.snapshot_ids;
-        if let Some(ms) = stats.manifests {
-            st.logical_bytes = ms.iter().map(Manifest::total_bytes).sum();
-            if let Some(m) = ms.iter().max_by_key(|m| m.time) {
-                st.last_snapshot = Some(LastSnapshot {
-                    id: m.id.clone(),
-                    time: m.time,
-                    total_bytes: m.total_bytes(),
-                });
+        if let Some(sums) = stats.manifests {
+            st.logical_bytes = sums.logical_bytes;
+            if let Some(newest) = sums.newest {
+                st.last_snapshot = Some(newest);
             }
         }
         st.chunks = stats.chunks;
@@ -514,6 +533,7 @@ mod tests {
             objects: Vec::new(),
             stats: SnapshotStats::default(),
             suspect: suspect.map(str::to_string),
+            measured: None,
         }
     }
 

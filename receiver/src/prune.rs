@@ -4,10 +4,18 @@
 //! configured time zone (the sender's clock is never consulted).
 //!
 //! Rules, on top of the keep-last/daily/weekly/monthly calendar:
+//! - retention never chooses among one day's good snapshots: `keep_daily` keeps every
+//!   good snapshot of the last N days that have one (their number is bounded by
+//!   `limits.max_snapshots_per_day`, 1 by default), and the weekly, monthly and keep-last
+//!   rules pick days, each represented by its *first* good snapshot, so nothing committed
+//!   later in a day (an acknowledged one included) can displace the day's first;
 //! - a suspect snapshot that no operator has acknowledged (`acks/<id>.json`) takes no
 //!   calendar slot, so a flood of junk can never displace a good snapshot; it is itself
 //!   kept until acknowledged, because it is what pins the good one below;
-//! - the newest good snapshot is always kept ("newest");
+//! - a rejected snapshot (`rejects/<id>.json`) takes no slot and pins nothing; it is kept
+//!   for forensics while it is no older than the oldest daily-kept snapshot ("rejected");
+//! - the newest good snapshot is always kept ("newest"), and so is the newest good one
+//!   that passed a restore drill ("drilled");
 //! - the newest good snapshot older than each unacknowledged suspect one is kept ("pinned");
 //! - a snapshot brought back with `undelete` is kept while its hold exists ("held").
 
@@ -22,6 +30,7 @@ use serde::Serialize;
 use crate::repository::{RepoError, Repository};
 use crate::testhook;
 use crate::trash::{self, TrashEntry};
+use crate::verdicts;
 
 /// Why a snapshot is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -35,6 +44,8 @@ pub enum Keep {
     Daily,
     Weekly,
     Monthly,
+    Drilled,
+    Rejected,
 }
 
 impl From<Reason> for Keep {
@@ -59,6 +70,8 @@ impl fmt::Display for Keep {
             Keep::Daily => "daily",
             Keep::Weekly => "weekly",
             Keep::Monthly => "monthly",
+            Keep::Drilled => "drilled",
+            Keep::Rejected => "rejected (kept for forensics)",
         })
     }
 }
@@ -71,7 +84,11 @@ pub struct Candidate {
     pub time: DateTime<Utc>,
     /// Flagged suspect and not acknowledged.
     pub unacknowledged_suspect: bool,
+    /// Rejected by an operator.
+    pub rejected: bool,
     pub held: bool,
+    /// A restore drill passed on it.
+    pub drilled: bool,
 }
 
 /// The verdict on one snapshot; an empty `keep` means it goes to the trash.
@@ -106,21 +123,51 @@ pub fn plan(snapshots: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
     let mut order: Vec<&Candidate> = snapshots.iter().collect();
     order.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
     let mut keep: Vec<Vec<Keep>> = vec![Vec::new(); order.len()];
+    let local_day = |c: &Candidate| c.time.with_timezone(&tz).date_naive();
     let good: Vec<usize> = (0..order.len())
-        .filter(|&i| !order[i].unacknowledged_suspect)
+        .filter(|&i| !order[i].unacknowledged_suspect && !order[i].rejected)
         .collect();
-    let local: Vec<_> = good
+    // Each day is represented by its first good snapshot; `members` are all of its good ones.
+    let mut days: Vec<(usize, Vec<usize>)> = Vec::new();
+    for &i in &good {
+        match days.last_mut() {
+            Some((rep, members)) if local_day(order[*rep]) == local_day(order[i]) => {
+                members.push(i)
+            }
+            _ => days.push((i, vec![i])),
+        }
+    }
+    let rep_times: Vec<_> = days
         .iter()
-        .map(|&i| order[i].time.with_timezone(&tz).naive_local())
+        .map(|(rep, _)| order[*rep].time.with_timezone(&tz).naive_local())
         .collect();
-    for (k, reasons) in decide(&local, policy).into_iter().enumerate() {
-        keep[good[k]].extend(reasons.into_iter().map(Keep::from));
+    for (d, reasons) in decide(&rep_times, policy).into_iter().enumerate() {
+        let (rep, members) = &days[d];
+        for reason in reasons {
+            if reason == Reason::Daily {
+                for &m in members {
+                    keep[m].push(Keep::Daily);
+                }
+            } else {
+                keep[*rep].push(Keep::from(reason));
+            }
+        }
     }
     if let Some(&newest) = good.last() {
         keep[newest].push(Keep::Newest);
     }
+    if let Some(&drilled) = good.iter().rev().find(|&&i| order[i].drilled) {
+        keep[drilled].push(Keep::Drilled);
+    }
+    let oldest_daily = (0..order.len())
+        .find(|&i| keep[i].contains(&Keep::Daily))
+        .map(|i| order[i].time);
     for i in 0..order.len() {
-        if order[i].unacknowledged_suspect {
+        if order[i].rejected {
+            if oldest_daily.is_some_and(|t| order[i].time >= t) {
+                keep[i].push(Keep::Rejected);
+            }
+        } else if order[i].unacknowledged_suspect {
             keep[i].push(Keep::Suspect);
             // `order` is sorted by time, so the last good one before i is the newest older.
             if let Some(&pin) = good.iter().rev().find(|&&g| g < i) {
@@ -138,6 +185,7 @@ pub fn plan(snapshots: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
         .zip(keep)
         .map(|(c, mut keep)| {
             keep.sort();
+            keep.dedup();
             Decision {
                 id: c.id.clone(),
                 time: c.time,
@@ -163,23 +211,22 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
-/// Reads every snapshot's retention facts from the repository. A manifest that vanishes
-/// while we read (a concurrent prune moved it) is skipped; any other error stops.
+/// Reads every snapshot's retention facts from the repository, one manifest at a time. A
+/// manifest that vanishes while we read (a concurrent prune moved it) is skipped; any
+/// other error stops.
 pub fn candidates(repo: &Repository) -> Result<Vec<Candidate>, RepoError> {
     let mut out = Vec::new();
-    for id in repo.snapshot_ids()? {
-        let m = match repo.load_manifest(&id) {
-            Ok(m) => m,
-            Err(RepoError::NoSuchSnapshot(_)) => continue,
-            Err(e) => return Err(e),
-        };
+    repo.for_each_manifest(|m| {
         out.push(Candidate {
-            unacknowledged_suspect: m.suspect.is_some() && !repo.is_acknowledged(&m.id),
+            unacknowledged_suspect: verdicts::is_suspect(repo, &m),
+            rejected: verdicts::is_rejected(repo, &m.id),
             held: trash::is_held(repo, &m.id),
+            drilled: verdicts::drill_passed(repo, &m.id),
             id: m.id,
             time: m.time,
         });
-    }
+        true
+    })?;
     Ok(out)
 }
 
@@ -241,7 +288,9 @@ mod tests {
             id: format!("n{day:03}"),
             time: night(day),
             unacknowledged_suspect: false,
+            rejected: false,
             held: false,
+            drilled: false,
         }
     }
 
@@ -302,21 +351,18 @@ mod tests {
         let next = Utc.with_ymd_and_hms(2026, 1, 2, 5, 0, 0).unwrap();
         let s = vec![
             Candidate {
-                id: "a".into(),
                 time: late,
-                unacknowledged_suspect: false,
-                held: false,
+                ..good(0)
             },
             Candidate {
                 id: "b".into(),
                 time: next,
-                unacknowledged_suspect: false,
-                held: false,
+                ..good(0)
             },
         ];
-        let berlin = plan(&s, &daily(2), chrono_tz::Europe::Berlin);
-        assert_eq!(kept(&berlin), vec!["b"]);
-        let utc = plan(&s, &daily(2), chrono_tz::UTC);
-        assert_eq!(kept(&utc), vec!["a", "b"]);
+        let berlin = plan(&s, &daily(1), chrono_tz::Europe::Berlin);
+        assert_eq!(kept(&berlin), vec!["n000", "b"]);
+        let utc = plan(&s, &daily(1), chrono_tz::UTC);
+        assert_eq!(kept(&utc), vec!["b"]);
     }
 }

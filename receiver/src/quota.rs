@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use backup_common::config::Limits;
 use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
 
 use crate::repository::Repository;
 
@@ -43,22 +44,25 @@ pub struct Quota {
     max_daily_bytes: u64,
     min_free_bytes: u64,
     repo_root: PathBuf,
+    tz: Tz,
     daily: Mutex<Daily>,
 }
 
 impl Quota {
-    /// Starts the day's count from what today's committed snapshots stored. Uploads of
-    /// sessions that never committed before a restart are not counted again.
-    pub fn new(limits: &Limits, repo: &Repository, now: DateTime<Utc>) -> Self {
-        let today = now.date_naive();
-        let bytes = repo
-            .manifests()
-            .map(|ms| {
-                ms.iter()
-                    .filter(|m| m.time.date_naive() == today)
-                    .map(|m| m.stats.new_bytes)
-                    .sum()
+    /// Starts the day's count (a calendar day of `tz`, as retention counts days) from what
+    /// today's committed snapshots stored. Uploads of sessions that never committed before
+    /// a restart are not counted again.
+    pub fn new(limits: &Limits, repo: &Repository, now: DateTime<Utc>, tz: Tz) -> Self {
+        let today = now.with_timezone(&tz).date_naive();
+        let mut bytes = 0;
+        let counted = repo
+            .for_each_manifest(|m| {
+                if m.time.with_timezone(&tz).date_naive() == today {
+                    bytes += m.stats.new_bytes;
+                }
+                true
             })
+            .map(|()| bytes)
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot count today's stored bytes; starting from 0");
                 0
@@ -68,7 +72,11 @@ impl Quota {
             max_daily_bytes: limits.max_daily_bytes,
             min_free_bytes: limits.min_free_bytes,
             repo_root: repo.root().to_path_buf(),
-            daily: Mutex::new(Daily { day: today, bytes }),
+            tz,
+            daily: Mutex::new(Daily {
+                day: today,
+                bytes: counted,
+            }),
         }
     }
 
@@ -104,9 +112,10 @@ impl Quota {
             });
         }
         let mut daily = self.daily.lock().unwrap_or_else(|p| p.into_inner());
-        if daily.day != now.date_naive() {
+        let today = now.with_timezone(&self.tz).date_naive();
+        if daily.day != today {
             *daily = Daily {
-                day: now.date_naive(),
+                day: today,
                 bytes: 0,
             };
         }
@@ -125,7 +134,7 @@ impl Quota {
     /// Gives back a reservation whose chunk was not stored after all.
     pub fn release(&self, now: DateTime<Utc>, bytes: u64) {
         let mut daily = self.daily.lock().unwrap_or_else(|p| p.into_inner());
-        if daily.day == now.date_naive() {
+        if daily.day == now.with_timezone(&self.tz).date_naive() {
             daily.bytes = daily.bytes.saturating_sub(bytes);
         }
     }
@@ -159,7 +168,7 @@ mod tests {
             min_free_bytes: reserve,
             ..Limits::default()
         };
-        let q = Quota::new(&limits, &repo, Utc::now());
+        let q = Quota::new(&limits, &repo, Utc::now(), chrono_tz::UTC);
         (d, q)
     }
 

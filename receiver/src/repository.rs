@@ -8,10 +8,11 @@
 //! REPO/chunks/ab/abcdef…      one file per chunk (tag byte + raw or zstd payload), mode 0400
 //! REPO/snapshots/<id>.json    one manifest per snapshot, mode 0400
 //! REPO/acks/<id>.json         operator acknowledgements of suspect snapshots, mode 0400
+//! REPO/rejects/<id>.json      operator rejections (verdicts.rs)
+//! REPO/drills/<id>.json       passed restore drills (verdicts.rs)
 //! REPO/tmp/                   staging for write-once publishes (same filesystem)
 //! REPO/trash/<id>@<time>.json pruned manifests during their grace period (trash.rs)
 //! REPO/holds/<id>.json         undeleted snapshots that prune must keep (trash.rs)
-//! REPO/acks/<id>.json          operator acknowledgements of suspect snapshots
 //! REPO/quarantine/<hex>        chunks that failed verification, moved aside (verify.rs)
 //! REPO/audit.log              append-only log of sessions, commits and rejections
 //! ```
@@ -25,7 +26,7 @@ use std::time::SystemTime;
 
 use backup_common::chunk::{self, ChunkError, ChunkId};
 use backup_common::durable::{self, Published};
-use backup_common::manifest::{Manifest, FORMAT_VERSION};
+use backup_common::manifest::{Manifest, FORMAT_VERSION, READABLE_FORMATS};
 use serde::{Deserialize, Serialize};
 
 const MARKER: &str = "repository.json";
@@ -50,6 +51,10 @@ pub enum RepoError {
     NoSuchSnapshot(String),
     #[error("the repository has no snapshots yet")]
     Empty,
+    #[error("the repository has no good snapshot: every snapshot is suspect or rejected (`backup-receiver snapshots` lists them; name one by its id with --allow-suspect)")]
+    NoGoodSnapshot,
+    #[error("snapshot {id} is {why}; name it with --allow-suspect to use it anyway")]
+    NotGood { id: String, why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
@@ -131,11 +136,6 @@ impl Repository {
     }
     pub fn quarantine_dir(&self) -> PathBuf {
         self.root.join("quarantine")
-    }
-
-    /// An operator has acknowledged this (suspect) snapshot.
-    pub fn is_acknowledged(&self, id: &str) -> bool {
-        self.acks_dir().join(format!("{id}.json")).is_file()
     }
 
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
@@ -311,11 +311,11 @@ impl Repository {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        if m.format != FORMAT_VERSION {
+        if !READABLE_FORMATS.contains(&m.format) {
             return Err(RepoError::BadManifest {
                 path,
                 message: format!(
-                    "format {} is not supported (expected {FORMAT_VERSION})",
+                    "format {} is not supported (this receiver reads {READABLE_FORMATS:?})",
                     m.format
                 ),
             });
@@ -331,28 +331,100 @@ impl Repository {
             .collect()
     }
 
-    /// Resolves a snapshot name: an id, or `latest` for the newest snapshot.
-    pub fn resolve(&self, name: &str) -> Result<Manifest, RepoError> {
+    /// Calls `visit` with every manifest, oldest first, one at a time (never all in memory),
+    /// until it returns false. A manifest that vanishes meanwhile (a concurrent prune moved
+    /// it) is skipped; any other error stops.
+    pub fn for_each_manifest(
+        &self,
+        mut visit: impl FnMut(Manifest) -> bool,
+    ) -> Result<(), RepoError> {
+        for id in self.snapshot_ids()? {
+            match self.load_manifest(&id) {
+                Ok(m) => {
+                    if !visit(m) {
+                        break;
+                    }
+                }
+                Err(RepoError::NoSuchSnapshot(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// As [`Repository::for_each_manifest`], newest first.
+    pub fn for_each_manifest_newest_first(
+        &self,
+        mut visit: impl FnMut(Manifest) -> bool,
+    ) -> Result<(), RepoError> {
+        for id in self.snapshot_ids()?.iter().rev() {
+            match self.load_manifest(id) {
+                Ok(m) => {
+                    if !visit(m) {
+                        break;
+                    }
+                }
+                Err(RepoError::NoSuchSnapshot(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn check_name(name: &str) -> Result<(), RepoError> {
+        if name.contains(['/', '\\', '\0']) || name.starts_with('.') {
+            return Err(RepoError::NoSuchSnapshot(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Resolves a snapshot name for an operator: an id (any status), or `latest` for the
+    /// newest good snapshot. With `allow_suspect` false, a snapshot that is not good (the
+    /// guard flagged it and nobody acknowledged it, or an operator rejected it) is refused
+    /// with the reason; the caller says so when it is allowed.
+    pub fn resolve(&self, name: &str, allow_suspect: bool) -> Result<Manifest, RepoError> {
+        if name == "latest" {
+            return self.latest_good()?.ok_or_else(|| {
+                if self.snapshot_ids().is_ok_and(|ids| ids.is_empty()) {
+                    RepoError::Empty
+                } else {
+                    RepoError::NoGoodSnapshot
+                }
+            });
+        }
+        Self::check_name(name)?;
+        let m = self.load_manifest(name)?;
+        if !allow_suspect {
+            if let Some(why) = crate::verdicts::not_good_because(self, &m) {
+                return Err(RepoError::NotGood { id: m.id, why });
+            }
+        }
+        Ok(m)
+    }
+
+    /// Resolves an id, or `latest` for the newest snapshot whatever its status (what `ack`
+    /// acknowledges after a flagged night).
+    pub fn resolve_any(&self, name: &str) -> Result<Manifest, RepoError> {
         if name == "latest" {
             let ids = self.snapshot_ids()?;
             let newest = ids.last().ok_or(RepoError::Empty)?;
             return self.load_manifest(newest);
         }
-        if name.contains(['/', '\\', '\0']) || name.starts_with('.') {
-            return Err(RepoError::NoSuchSnapshot(name.to_string()));
-        }
+        Self::check_name(name)?;
         self.load_manifest(name)
     }
 
-    /// The newest good snapshot (not flagged by the anomaly guard, or flagged and then
-    /// acknowledged by an operator): the base for the next delta and for the guard.
+    /// The newest good snapshot (see [`crate::verdicts`]): the base for the next delta, the
+    /// guard's baseline, and `latest`.
     pub fn latest_good(&self) -> Result<Option<Manifest>, RepoError> {
-        for id in self.snapshot_ids()?.iter().rev() {
-            let m = self.load_manifest(id)?;
-            if !crate::guard::is_suspect(self, &m) {
-                return Ok(Some(m));
+        let mut found = None;
+        self.for_each_manifest_newest_first(|m| {
+            if crate::verdicts::is_good(self, &m) {
+                found = Some(m);
+                return false;
             }
-        }
-        Ok(None)
+            true
+        })?;
+        Ok(found)
     }
 }

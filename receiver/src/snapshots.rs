@@ -5,6 +5,9 @@ use serde::Serialize;
 use backup_common::manifest::Manifest;
 use backup_common::term::escape;
 
+use crate::repository::Repository;
+use crate::verdicts;
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SnapshotRow {
     pub id: String,
@@ -15,6 +18,30 @@ pub struct SnapshotRow {
     pub new_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspect: Option<String>,
+    /// `good`, `suspect`, `acknowledged` (suspect, then acknowledged) or `rejected`.
+    pub status: &'static str,
+    /// The receiver checked its content at commit (format 2); format-1 snapshots hold
+    /// only the sender's claims.
+    pub verified: bool,
+    /// A restore drill passed on it.
+    pub drilled: bool,
+}
+
+impl SnapshotRow {
+    /// The row with the operator's and the drill's verdicts from `repo`.
+    pub fn with_verdicts(mut self, repo: &Repository) -> Self {
+        self.status = if verdicts::is_rejected(repo, &self.id) {
+            "rejected"
+        } else if self.suspect.is_none() {
+            "good"
+        } else if verdicts::is_acknowledged(repo, &self.id) {
+            "acknowledged"
+        } else {
+            "suspect"
+        };
+        self.drilled = verdicts::drill_passed(repo, &self.id);
+        self
+    }
 }
 
 impl From<&Manifest> for SnapshotRow {
@@ -27,8 +54,32 @@ impl From<&Manifest> for SnapshotRow {
             total_bytes: m.total_bytes(),
             new_bytes: m.stats.new_bytes,
             suspect: m.suspect.clone(),
+            status: if m.suspect.is_some() {
+                "suspect"
+            } else {
+                "good"
+            },
+            verified: m.content_verified(),
+            drilled: false,
         }
     }
+}
+
+fn flags(r: &SnapshotRow) -> String {
+    let mut f = Vec::new();
+    match (r.status, &r.suspect) {
+        ("rejected", _) => f.push("REJECTED".to_string()),
+        ("suspect", Some(s)) => f.push(format!("SUSPECT: {}", escape(s))),
+        ("acknowledged", Some(s)) => f.push(format!("acknowledged (was suspect: {})", escape(s))),
+        _ => {}
+    }
+    if r.drilled {
+        f.push("drill passed".into());
+    }
+    if !r.verified {
+        f.push("unverified (format 1: sender's claims)".into());
+    }
+    f.join("; ")
 }
 
 /// Bytes as a short human figure (binary units).
@@ -61,10 +112,7 @@ pub fn table(rows: &[SnapshotRow]) -> String {
             r.object_count,
             human_bytes(r.total_bytes),
             human_bytes(r.new_bytes),
-            r.suspect
-                .as_deref()
-                .map(|s| format!("SUSPECT: {}", escape(s)))
-                .unwrap_or_default()
+            flags(r)
         ));
     }
     out

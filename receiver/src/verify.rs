@@ -1,11 +1,13 @@
 //! Verification: every chunk a snapshot references must exist, and (with read-data) must
-//! decompress to bytes whose blake3 is its name. A chunk that fails is moved aside to
+//! decompress to bytes whose blake3 is its name. Only a chunk whose own bytes fail that
+//! test is damaged: a manifest that claims another length for an intact chunk is reported
+//! as a lying manifest and the chunk stays where it is. A damaged chunk is moved aside to
 //! `REPO/quarantine/<hex>` (never deleted): `has_chunk` is then false, so the next nightly
 //! run uploads it again (the receiver's PreviousObjects leaves out objects with absent
 //! chunks, so the sender re-reads them from the source) and every snapshot that names the
 //! chunk heals. Damage is reported with the snapshots and objects it affects.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
@@ -63,6 +65,9 @@ impl ReadData {
 pub enum Problem {
     Missing,
     Corrupt,
+    /// The chunk is intact (its bytes hash to its name) but a manifest claims another
+    /// length for it: the manifest lies, not the chunk. Never quarantined.
+    ManifestMismatch,
 }
 
 /// Where a damaged chunk is used: a snapshot and the dump or object in it.
@@ -135,52 +140,68 @@ pub fn quarantine(repo: &Repository, id: &ChunkId) -> Result<PathBuf, RepoError>
 }
 
 /// Checks every chunk the snapshots reference; with `read`, re-reads and re-hashes them.
-/// Corrupt chunks are quarantined unless `dry_run`-like `quarantine_corrupt` is false.
+/// Corrupt chunks are quarantined when `quarantine_corrupt` is true. Manifests are read one
+/// at a time (twice when there is damage, to name what it affects).
 pub fn verify(
     repo: &Repository,
     read: ReadData,
     quarantine_corrupt: bool,
 ) -> Result<VerifyReport, RepoError> {
-    let manifests = repo.manifests()?;
-    let mut report = VerifyReport {
-        snapshots: manifests.len() as u64,
-        ..VerifyReport::default()
-    };
-    let mut seen = HashSet::new();
-    let mut bad: BTreeMap<ChunkId, (Problem, String, Option<PathBuf>)> = BTreeMap::new();
-    for m in &manifests {
+    let mut report = VerifyReport::default();
+    // Each referenced chunk once, with every length a manifest claims for it.
+    let mut claimed: BTreeMap<ChunkId, Vec<u32>> = BTreeMap::new();
+    repo.for_each_manifest(|m| {
+        report.snapshots += 1;
         for r in m.chunk_refs() {
-            if !seen.insert(r.id) {
-                continue;
+            let lens = claimed.entry(r.id).or_default();
+            if !lens.contains(&r.len) {
+                lens.push(r.len);
             }
-            report.chunks += 1;
-            if !read.reads(&r.id) {
-                if !repo.has_chunk(&r.id) {
-                    bad.insert(r.id, (Problem::Missing, "no chunk file".into(), None));
-                }
-                continue;
+        }
+        true
+    })?;
+    report.chunks = claimed.len() as u64;
+    let mut bad: BTreeMap<ChunkId, (Problem, String, Option<PathBuf>)> = BTreeMap::new();
+    // Intact chunks some manifest claims another length for, with their true length.
+    let mut intact_len: BTreeMap<ChunkId, u32> = BTreeMap::new();
+    for (id, lens) in &claimed {
+        if !read.reads(id) {
+            if !repo.has_chunk(id) {
+                bad.insert(*id, (Problem::Missing, "no chunk file".into(), None));
             }
-            report.chunks_read += 1;
-            match repo.read_chunk(&r.id) {
-                Ok(data) if data.len() == r.len as usize => {
-                    report.bytes_read += data.len() as u64;
-                }
-                Ok(data) => {
+            continue;
+        }
+        report.chunks_read += 1;
+        match repo.read_chunk(id) {
+            Ok(data) => {
+                report.bytes_read += data.len() as u64;
+                let wrong: Vec<String> = lens
+                    .iter()
+                    .filter(|&&l| l as usize != data.len())
+                    .map(u32::to_string)
+                    .collect();
+                if !wrong.is_empty() {
+                    intact_len.insert(*id, data.len() as u32);
                     bad.insert(
-                        r.id,
+                        *id,
                         (
-                            Problem::Corrupt,
-                            format!("{} bytes, the manifest says {}", data.len(), r.len),
+                            Problem::ManifestMismatch,
+                            format!(
+                                "the chunk is intact ({} bytes that hash to its name) but a manifest claims {} bytes",
+                                data.len(),
+                                wrong.join(" or ")
+                            ),
                             None,
                         ),
                     );
                 }
-                Err(RepoError::MissingChunk { .. }) => {
-                    bad.insert(r.id, (Problem::Missing, "no chunk file".into(), None));
-                }
-                Err(e) => {
-                    bad.insert(r.id, (Problem::Corrupt, e.to_string(), None));
-                }
+            }
+            Err(RepoError::MissingChunk { .. }) => {
+                bad.insert(*id, (Problem::Missing, "no chunk file".into(), None));
+            }
+            Err(e @ RepoError::Io { .. }) => return Err(e),
+            Err(e) => {
+                bad.insert(*id, (Problem::Corrupt, e.to_string(), None));
             }
         }
     }
@@ -199,10 +220,11 @@ pub fn verify(
     }
     let mut affected: BTreeMap<ChunkId, Vec<Affected>> = BTreeMap::new();
     if !bad.is_empty() {
-        for m in &manifests {
+        repo.for_each_manifest(|m| {
             let mut note = |item: String, chunks: &[backup_common::manifest::ChunkRef]| {
                 for c in chunks {
-                    if bad.contains_key(&c.id) {
+                    // For a lying manifest, only the references that lie are affected.
+                    if bad.contains_key(&c.id) && intact_len.get(&c.id) != Some(&c.len) {
                         let list = affected.entry(c.id).or_default();
                         let a = Affected {
                             snapshot: m.id.clone(),
@@ -220,7 +242,8 @@ pub fn verify(
             for o in &m.objects {
                 note(format!("object {}", o.key), &o.chunks);
             }
-        }
+            true
+        })?;
     }
     report.damage = bad
         .into_iter()
@@ -287,6 +310,7 @@ mod tests {
                 .collect(),
             stats: SnapshotStats::default(),
             suspect: None,
+            measured: None,
         };
         repo.publish_manifest(&m).unwrap();
         let rot = repo.chunk_path(&ids[1].0);

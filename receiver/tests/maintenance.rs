@@ -43,6 +43,7 @@ fn snapshot(repo: &Repository, id: &str, time: DateTime<Utc>, data: &[u8], suspe
         }],
         stats: SnapshotStats::default(),
         suspect: suspect.then(|| "objects vanished in bulk".to_string()),
+        measured: None,
     };
     assert!(repo.publish_manifest(&m).unwrap());
 }

@@ -190,11 +190,43 @@ pub async fn commit(
     Ok(c.commit(futures::stream::iter(parts)).await?.into_inner())
 }
 
+/// A well-formed `pg_dump -Fc` archive of `len` bytes (at least 80) that holds no table:
+/// the header of archive version 1.14 (PostgreSQL 15), uncompressed, an empty table of
+/// contents, and noise from `seed` as its database name. What a hostile sender can make
+/// without a database; the receiver's dump check accepts it and counts no rows.
+pub fn fake_dump(len: usize, seed: u64) -> Vec<u8> {
+    let mut d = b"PGDMP".to_vec();
+    d.extend_from_slice(&[1, 14, 0, 4, 8, 1]);
+    let int = |d: &mut Vec<u8>, v: u32| {
+        d.push(0);
+        d.extend_from_slice(&v.to_le_bytes());
+    };
+    int(&mut d, 0); // no compression
+    for v in [0, 0, 3, 1, 0, 126, 0] {
+        int(&mut d, v); // creation time
+    }
+    // The database name takes what is left after itself, two versions and the TOC count.
+    let versions = ["15.8", "15.8"];
+    let tail = 5 + versions.iter().map(|v| 5 + v.len()).sum::<usize>() + 5;
+    let name_len = len
+        .checked_sub(d.len() + tail)
+        .expect("fake_dump needs at least 80 bytes");
+    int(&mut d, name_len as u32);
+    d.extend(noise(name_len, seed).iter().map(|b| b'a' + b % 26));
+    for v in versions {
+        int(&mut d, v.len() as u32);
+        d.extend_from_slice(v.as_bytes());
+    }
+    int(&mut d, 0); // no TOC entries
+    assert_eq!(d.len(), len);
+    d
+}
+
 /// Commits a tiny snapshot without objects (what a wiped VPS would send): one small dump
 /// chunk that reports no rows.
 pub async fn commit_empty(c: &mut Client, tag: u64) -> Result<proto::CommitResponse, Status> {
     let session = begin(c).await?;
-    let data = format!("PGDMP empty {tag}").into_bytes();
+    let data = fake_dump(200, tag);
     let r = put_data(c, &session, &data).await?;
     commit(
         c,

@@ -46,6 +46,19 @@ pub fn receiver_cli(args: &[&str]) -> Output {
         .expect("run backup-receiver")
 }
 
+/// The receiver accepts one commit per day by default; tests and the demo run several
+/// "nights" within minutes, so unless `extra` sets its own cap they allow 50.
+fn allow_several_commits_a_day(extra: &str) -> String {
+    const CAP: &str = "max_snapshots_per_day = 50\n";
+    if extra.contains("max_snapshots_per_day") {
+        extra.to_string()
+    } else if extra.contains("[limits]\n") {
+        extra.replacen("[limits]\n", &format!("[limits]\n{CAP}"), 1)
+    } else {
+        format!("{extra}\n[limits]\n{CAP}")
+    }
+}
+
 /// Certificates made by the product's own generator, plus a foreign CA for negative tests.
 pub struct Certs {
     pub dir: PathBuf,
@@ -93,6 +106,7 @@ impl ReceiverProcess {
         let port = free_port();
         let repo = dir.join("repo");
         let config = dir.join("receiver.toml");
+        let extra = allow_several_commits_a_day(extra);
         std::fs::write(
             &config,
             format!(

@@ -133,7 +133,7 @@ async fn a_session_commits_once() {
     let (stack, baseline) = stack_with("[limits]\nmax_snapshots_per_day = 10\n").await;
     let mut c = sender_client(&stack).await;
     let session = begin(&mut c).await.unwrap();
-    let data = noise(5000, 9);
+    let data = fake_dump(5000, 9);
     let r = put_data(&mut c, &session, &data).await.unwrap();
     let h = header(&session, Some(dump(&data, vec![r], &[])), 0);
     let first = commit(&mut c, h.clone(), vec![]).await.unwrap();
@@ -241,7 +241,7 @@ async fn sender_clock_in_2099_does_not_steer_the_snapshot_id_or_time() {
     let mut c = sender_client(&stack).await;
     let year_2099 = 4_070_908_800; // 2099-01-01T00:00:00Z
     let session = begin_at(&mut c, year_2099).await.unwrap();
-    let data = noise(5000, 4);
+    let data = fake_dump(5000, 4);
     let r = put_data(&mut c, &session, &data).await.unwrap();
     let reply = commit(
         &mut c,
@@ -605,7 +605,11 @@ async fn disk_fill_is_stopped_by_session_daily_and_free_space_limits() {
         .sum();
     let daily = today + 4_000_000;
     reconfigure(&mut stack, |t| {
-        format!("{t}\n[limits]\nmax_session_bytes = 3000000\nmax_daily_bytes = {daily}\n")
+        t.replacen(
+            "[limits]\n",
+            &format!("[limits]\nmax_session_bytes = 3000000\nmax_daily_bytes = {daily}\n"),
+            1,
+        )
     })
     .await;
     let mut c = sender_client(&stack).await;

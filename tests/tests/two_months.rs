@@ -99,7 +99,7 @@ async fn sixty_nights_keep_the_calendar_and_leave_no_garbage() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            snapshot_ids(&repo).len() <= 14 + 8 + 1,
+            snapshot_ids(&repo).len() <= 14 + 8 + 6 + 1,
             "night {d}: pruning keeps up"
         );
     }
@@ -120,8 +120,16 @@ async fn sixty_nights_keep_the_calendar_and_leave_no_garbage() {
         newest_of_week.insert((w.year(), w.week()), n); // later nights overwrite
     }
     expected.extend(newest_of_week.values().rev().take(8).map(|n| n.id.clone()));
-    // 14 daily, plus 5 Sundays further back (the other weekly picks are daily already).
-    assert_eq!(expected.len(), 19);
+    // And the newest of each of the last 6 months (keep_monthly's default).
+    let mut newest_of_month: BTreeMap<(i32, u32), &Night> = BTreeMap::new();
+    for n in &nights {
+        let d = berlin(n.time);
+        newest_of_month.insert((d.year(), d.month()), n);
+    }
+    expected.extend(newest_of_month.values().rev().take(6).map(|n| n.id.clone()));
+    // 14 daily, plus 5 Sundays further back (the other weekly picks are daily already),
+    // plus 31 January (February's and March's newest are daily already).
+    assert_eq!(expected.len(), 20);
     let remaining: BTreeSet<String> = snapshot_ids(&repo).into_iter().collect();
     assert_eq!(remaining, expected);
 
@@ -131,10 +139,10 @@ async fn sixty_nights_keep_the_calendar_and_leave_no_garbage() {
     assert!(out.status.success());
     assert_eq!(
         text.lines().filter(|l| l.contains("keep:")).count(),
-        19,
+        20,
         "{text}"
     );
-    for reason in ["newest", "daily", "weekly"] {
+    for reason in ["newest", "daily", "weekly", "monthly"] {
         assert!(text.contains(reason), "{text}");
     }
     assert!(!text.contains("would prune"), "{text}");

@@ -2,6 +2,15 @@
 //! the previous snapshot's object metadata; it has no call that deletes, overwrites or
 //! returns chunk data. Every handler first admits the peer, then checks its session.
 //! Blocking file and hashing work runs on tokio's blocking pool.
+//!
+//! What a commit claims is checked in [`validate`] before it becomes a manifest; what the
+//! network may learn about stored chunks is limited to [`known`] ones.
+
+mod dump_check;
+mod known;
+pub mod validate;
+
+pub use dump_check::DumpReader;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -12,7 +21,7 @@ use std::time::{Instant, SystemTime};
 use backup_common::chunk::{self, ChunkId, MAX_CHUNK};
 use backup_common::config::ReceiverConfig;
 use backup_common::durable::Published;
-use backup_common::manifest::{Manifest, ObjectEntry, SnapshotStats, FORMAT_VERSION};
+use backup_common::manifest::{Manifest, SnapshotStats, FORMAT_VERSION};
 use backup_common::proto::backup_server::Backup;
 use backup_common::proto::{self, commit_part};
 use backup_common::wire;
@@ -31,15 +40,27 @@ use crate::monitor::{self, Monitor};
 use crate::quota::Quota;
 use crate::repository::{RepoError, Repository};
 use crate::tailscale::{TailscaleAdmission, Verdict};
+use known::{KnownChunks, RecentUploads};
+use validate::{Claimed, CommitLimits, Incoming, Refusal, StoreFacts};
 
 /// Chunk ids per MissingChunks request, and object entries per batch.
 pub const MAX_IDS_PER_REQUEST: usize = 20_000;
 pub const OBJECTS_PER_BATCH: usize = 1_000;
 /// Objects one snapshot may hold.
 pub const MAX_OBJECTS: u64 = 5_000_000;
+/// Chunk references one snapshot may hold: about 1 TiB at the chunker's average size,
+/// eighty times today's archive.
+pub const MAX_REFS: u64 = 1_000_000;
+/// Estimated memory of one commit's entries while it is checked.
+pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024 * 1024;
 /// What one chunk store task of a PutChunks stream returns: its session, the bytes
-/// reserved for it, and whether it was stored (`None`: the repository had it already).
-type StoreOutcome = (String, u64, Result<Option<Published>, Status>);
+/// reserved for it, the chunk, and whether it was stored (`None`: the repository had it).
+type StoreOutcome = (
+    String,
+    u64,
+    Option<ChunkId>,
+    Result<Option<Published>, Status>,
+);
 
 /// Chunks of one PutChunks stream verified and stored at the same time.
 const STORE_PARALLEL: usize = 8;
@@ -70,6 +91,10 @@ pub struct BackupService {
     /// reply was lost gets the same snapshot back instead of making a second one.
     committed: Mutex<HashMap<String, CommittedSession>>,
     monitor: Arc<Monitor>,
+    /// Chunks the network may be told exist.
+    known: Arc<KnownChunks>,
+    /// What each identity uploaded lately.
+    uploads: Arc<RecentUploads>,
 }
 
 struct CommittedSession {
@@ -93,6 +118,64 @@ fn repo_status(e: RepoError) -> Status {
     }
 }
 
+/// The one mapping of a commit refusal to a gRPC status.
+fn refusal_status(r: Refusal) -> Status {
+    match r {
+        Refusal::Invalid(m) => Status::invalid_argument(m),
+        Refusal::TooLarge(m) => Status::resource_exhausted(m),
+        r @ Refusal::MissingChunks(_) => Status::failed_precondition(r.to_string()),
+        Refusal::Store(e) => repo_status(e),
+    }
+}
+
+/// How many of `ids` (receiver-made, `YYYYMMDDTHHMMSSZ…`) fall on the calendar day of `now`
+/// in `tz`: the per-day cap counts the days retention counts.
+fn snapshots_on_local_day(ids: &[String], now: DateTime<Utc>, tz: chrono_tz::Tz) -> usize {
+    let today = now.with_timezone(&tz).date_naive();
+    ids.iter()
+        .filter_map(|id| {
+            let stamp = id.get(..16)?;
+            chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()
+        })
+        .filter(|t| t.and_utc().with_timezone(&tz).date_naive() == today)
+        .count()
+}
+
+/// The store as one committing session sees it.
+struct SessionFacts<'a> {
+    repo: &'a Repository,
+    known: Arc<HashSet<ChunkId>>,
+    own: &'a HashSet<ChunkId>,
+    /// The delta base's id: compared with already, so left out of `older_good`.
+    base: Option<String>,
+}
+
+impl StoreFacts for SessionFacts<'_> {
+    fn usable(&self, id: &ChunkId) -> bool {
+        (self.known.contains(id) || self.own.contains(id)) && self.repo.has_chunk(id)
+    }
+
+    fn read(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, RepoError> {
+        match self.repo.read_chunk(id) {
+            Ok(raw) => Ok(Some(raw)),
+            Err(RepoError::MissingChunk { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn older_good(&self, visit: &mut dyn FnMut(&Manifest) -> bool) -> Result<(), RepoError> {
+        self.repo.for_each_manifest_newest_first(|m| {
+            if Some(&m.id) == self.base.as_ref()
+                || !m.content_verified()
+                || !crate::verdicts::is_good(self.repo, &m)
+            {
+                return true;
+            }
+            visit(&m)
+        })
+    }
+}
+
 fn join_status(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("receiver task failed: {e}"))
 }
@@ -100,7 +183,7 @@ fn join_status(e: tokio::task::JoinError) -> Status {
 impl BackupService {
     pub fn new(repo: Repository, config: ReceiverConfig, clock: Clock) -> Self {
         let audit = Arc::new(AuditLog::new(repo.root()));
-        let quota = Quota::new(&config.limits, &repo, clock());
+        let quota = Quota::new(&config.limits, &repo, clock(), config.retention.time_zone);
         let tailscale = config
             .admission
             .tailscale
@@ -118,6 +201,8 @@ impl BackupService {
             tailscale,
             commit_lock: tokio::sync::Mutex::new(()),
             committed: Mutex::new(HashMap::new()),
+            known: Arc::default(),
+            uploads: Arc::default(),
         }
     }
 
@@ -373,18 +458,29 @@ impl BackupService {
         Some(reply)
     }
 
-    async fn commit_session(
+    /// How long an identity's own uploads count as present to it: GC's grace, during which
+    /// they are safe from garbage collection.
+    fn upload_window(&self) -> std::time::Duration {
+        self.config.retention.gc_grace.0
+    }
+
+    /// The bounds a commit is held to while it streams in.
+    fn commit_limits(&self) -> CommitLimits {
+        CommitLimits {
+            max_objects: MAX_OBJECTS,
+            max_refs: MAX_REFS,
+            max_manifest_bytes: MAX_MANIFEST_BYTES,
+            max_read_bytes: self.config.limits.max_session_bytes,
+        }
+    }
+
+    /// Reads the commit's object batches into an [`Incoming`], refusing as soon as a bound
+    /// or a shape rule breaks (nothing more of the stream is buffered after that).
+    async fn receive_commit(
         &self,
-        peer: &Peer,
         header: &proto::CommitHeader,
         parts: &mut Streaming<proto::CommitPart>,
-    ) -> Result<proto::CommitResponse, Status> {
-        if header.object_count > MAX_OBJECTS {
-            return Err(Status::invalid_argument(format!(
-                "object_count {} exceeds the limit of {MAX_OBJECTS}",
-                header.object_count
-            )));
-        }
+    ) -> Result<Claimed, Status> {
         wire::check_name("bucket name", &header.bucket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let dump = header
@@ -393,8 +489,8 @@ impl BackupService {
             .map(wire::dump_from_proto)
             .transpose()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut objects: Vec<ObjectEntry> = Vec::new();
-        let mut keys = HashSet::new();
+        let mut incoming = Incoming::new(self.commit_limits(), dump, header.object_count)
+            .map_err(refusal_status)?;
         while let Some(part) = parts.next().await {
             let batch = match part?.part {
                 Some(commit_part::Part::Objects(b)) => b,
@@ -407,30 +503,20 @@ impl BackupService {
             for o in batch.objects {
                 let entry = wire::object_from_proto(o)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                if objects.len() as u64 >= header.object_count {
-                    return Err(Status::invalid_argument(format!(
-                        "commit carries more objects than its header's object_count {}",
-                        header.object_count
-                    )));
-                }
-                if !keys.insert(entry.key.clone()) {
-                    return Err(Status::invalid_argument(format!(
-                        "duplicate object key {:?}",
-                        entry.key
-                    )));
-                }
-                objects.push(entry);
+                incoming.add(entry).map_err(refusal_status)?;
             }
         }
-        if objects.len() as u64 != header.object_count {
-            return Err(Status::invalid_argument(format!(
-                "commit header announced {} objects but {} arrived",
-                header.object_count,
-                objects.len()
-            )));
-        }
-        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        incoming.finish().map_err(refusal_status)
+    }
 
+    async fn commit_session(
+        &self,
+        peer: &Peer,
+        header: &proto::CommitHeader,
+        parts: &mut Streaming<proto::CommitPart>,
+    ) -> Result<proto::CommitResponse, Status> {
+        let claimed = self.receive_commit(header, parts).await?;
+        let own_uploads = self.uploads.of(&peer.identity, self.upload_window());
         let (source_host, sender_time, new_chunks, new_bytes) = {
             let sessions = self.sessions.lock().unwrap();
             let s = sessions
@@ -443,64 +529,34 @@ impl BackupService {
                 s.new_bytes,
             )
         };
-        let mut manifest = Manifest {
-            format: FORMAT_VERSION,
-            id: String::new(),
-            time: (self.clock)(),
-            sender_time,
-            source_host,
-            peer_identity: peer.identity.clone(),
-            bucket: header.bucket.clone(),
-            stats: SnapshotStats {
-                object_count: objects.len() as u64,
-                object_bytes: objects.iter().map(|o| o.size).sum(),
-                dump_bytes: dump.as_ref().map_or(0, |d| d.size),
-                new_chunks,
-                new_bytes,
-            },
-            dump,
-            objects,
-            suspect: None,
-        };
 
-        // Every referenced chunk must be present; each was verified when it was stored.
+        // Everything a decision will use is checked against the store, on the blocking
+        // pool: presence, bindings against the delta base, and new content read back.
         let repo = self.repo.clone();
-        let check = manifest.clone();
-        let missing = tokio::task::spawn_blocking(move || {
-            let mut seen = HashSet::new();
-            let missing = check
-                .chunk_refs()
-                .filter(|r| seen.insert(r.id))
-                .filter(|r| !repo.has_chunk(&r.id))
-                .map(|r| r.id)
-                .take(5)
-                .collect::<Vec<_>>();
+        let known = self.known.clone();
+        let validated = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            let base = repo.latest_good().map_err(repo_status)?;
+            let facts = SessionFacts {
+                repo: &repo,
+                known: known.current(&repo).map_err(repo_status)?,
+                own: &own_uploads,
+                base: base.as_ref().map(|b| b.id.clone()),
+            };
+            let validated =
+                validate::validate(claimed, base.as_ref(), &facts).map_err(refusal_status)?;
             // A chunk another stream published but has not synced yet must be durable
             // under its name before this manifest can refer to it.
-            repo.sync_chunk_dirs().map(|()| missing)
+            repo.sync_chunk_dirs().map_err(repo_status)?;
+            Ok(validated)
         })
         .await
-        .map_err(join_status)?
-        .map_err(repo_status)?;
-        if !missing.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "commit references chunks the repository does not have: {}",
-                missing
-                    .iter()
-                    .map(|id| id.to_hex())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+        .map_err(join_status)??;
 
         let _guard = self.commit_lock.lock().await;
         let now = (self.clock)();
-        manifest.time = now;
         let repo = self.repo.clone();
         let cap = self.config.limits.max_snapshots_per_day;
-        // Snapshot ids begin with their commit date on the receiver's clock (see
-        // `snapshot_id_base`), so today's count needs no manifest to be read.
-        let today_prefix = now.format("%Y%m%dT").to_string();
+        let tz = self.config.retention.time_zone;
         let ids = {
             let repo = repo.clone();
             tokio::task::spawn_blocking(move || repo.snapshot_ids())
@@ -508,13 +564,11 @@ impl BackupService {
                 .map_err(join_status)?
                 .map_err(repo_status)?
         };
-        let today = ids
-            .iter()
-            .filter(|id| id.starts_with(&today_prefix))
-            .count();
+        let today = snapshots_on_local_day(&ids, now, tz);
         if today as u32 >= cap {
             return Err(Status::resource_exhausted(format!(
-                "{today} snapshots were already committed today (receiver clock); limits.max_snapshots_per_day is {cap}"
+                "{today} snapshot(s) were already committed today ({} in {tz}, receiver clock); limits.max_snapshots_per_day is {cap}",
+                now.with_timezone(&tz).format("%Y-%m-%d")
             )));
         }
         // The anomaly guard decides before publishing: a manifest is never changed afterwards.
@@ -524,6 +578,27 @@ impl BackupService {
                 .await
                 .map_err(join_status)?
                 .map_err(repo_status)?
+        };
+        let objects = validated.objects;
+        let mut manifest = Manifest {
+            format: FORMAT_VERSION,
+            id: String::new(),
+            time: now,
+            sender_time,
+            source_host,
+            peer_identity: peer.identity.clone(),
+            bucket: header.bucket.clone(),
+            stats: SnapshotStats {
+                object_count: objects.len() as u64,
+                object_bytes: objects.iter().map(|o| o.size).sum(),
+                dump_bytes: validated.dump.as_ref().map_or(0, |d| d.size),
+                new_chunks,
+                new_bytes,
+            },
+            dump: validated.dump,
+            objects,
+            suspect: None,
+            measured: Some(validated.measured),
         };
         manifest.suspect = guard::assess(&self.config.guard, previous_good.as_ref(), &manifest);
         self.quota
@@ -550,6 +625,7 @@ impl BackupService {
         .await
         .map_err(join_status)?
         .map_err(repo_status)?;
+        self.known.committed(&manifest);
         // The one place a committed snapshot (suspect or not) is announced: logs, audit
         // log, and the hook for alerts (healthcheck pings, metrics).
         tracing::info!(
@@ -632,13 +708,18 @@ impl BackupService {
 
     /// Counts one finished chunk store of a PutChunks stream, giving its reservation back
     /// when this upload did not store it (a duplicate, or an error).
+    ///
+    /// A chunk that existed already counts as a duplicate only when a kept good snapshot
+    /// references it (`known`); otherwise the reply calls it stored, so an upload is no
+    /// oracle for what else the repository holds. Either way the session may now name it.
     fn count_stored(
         &self,
         peer: &Peer,
         reply: &mut proto::PutChunksResponse,
+        known: &HashSet<ChunkId>,
         done: Result<StoreOutcome, tokio::task::JoinError>,
     ) -> Result<(), Status> {
-        let (session_id, bytes, result) = done.map_err(join_status)?;
+        let (session_id, bytes, id, result) = done.map_err(join_status)?;
         match result {
             Ok(Some(Published::Created)) => {
                 reply.stored += 1;
@@ -647,7 +728,12 @@ impl BackupService {
             }
             Ok(None | Some(Published::AlreadyExisted)) => {
                 self.release_bytes(&session_id, bytes);
-                reply.duplicates += 1;
+                if id.is_some_and(|id| known.contains(&id)) {
+                    reply.duplicates += 1;
+                } else {
+                    reply.stored += 1;
+                    reply.stored_bytes += bytes;
+                }
                 Ok(())
             }
             Err(status) => {
@@ -760,13 +846,16 @@ impl Backup for BackupService {
         let peer = self.admit(&request, "PreviousObjects").await?;
         self.touch(&peer, &request.get_ref().session_id)?;
         let repo = self.repo.clone();
-        // Objects with a chunk that is missing or quarantined are left out, so the sender
-        // reads them again from the source and the chunk heals. The chunks of the objects
-        // the sender will carry over are touched, like MissingChunks does, for GC.
+        // The delta base is the newest good snapshot whose content the receiver checked
+        // (format 2); after an upgrade from format 1 it offers nothing, so the sender reads
+        // every object once and any entry a hostile commit slipped into the old manifests
+        // is replaced by what the bucket really holds. Objects with a chunk that is missing
+        // or quarantined are left out, so the sender reads them again and the chunk heals.
+        // The chunks of the objects the sender will carry over are touched, for GC.
         let now = SystemTime::from((self.clock)());
         let latest = tokio::task::spawn_blocking(move || {
             repo.latest_good().map(|m| {
-                m.map(|mut m| {
+                m.filter(Manifest::content_verified).map(|mut m| {
                     m.objects
                         .retain(|o| o.chunks.iter().all(|c| repo.touch_chunk(&c.id, now)));
                     m
@@ -818,17 +907,28 @@ impl Backup for BackupService {
                     Status::invalid_argument(e.to_string()),
                 )
             })?;
+        // Only chunks a kept good snapshot references, or this identity uploaded, are
+        // "present": anything else is reported missing and simply sent again, so the
+        // answer reveals nothing about what else is stored, and names alone keep no
+        // chunk alive. A present chunk is touched: this session relies on it, so GC
+        // must not take it.
+        let own_uploads = self.uploads.of(&peer.identity, self.upload_window());
+        let own: Vec<bool> = ids.iter().map(|id| own_uploads.contains(id)).collect();
         let repo = self.repo.clone();
-        // A present chunk is touched: this session relies on it, so GC must not take it.
+        let known = self.known.clone();
         let now = SystemTime::from((self.clock)());
-        let missing = tokio::task::spawn_blocking(move || {
-            ids.into_iter()
-                .filter(|id| !repo.touch_chunk(id, now))
-                .map(|id| id.0.to_vec())
-                .collect()
+        let missing = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<u8>>, RepoError> {
+            let known = known.current(&repo)?;
+            Ok(ids
+                .into_iter()
+                .zip(own)
+                .filter(|(id, own)| !((*own || known.contains(id)) && repo.touch_chunk(id, now)))
+                .map(|(id, _)| id.0.to_vec())
+                .collect())
         })
         .await
-        .map_err(join_status)?;
+        .map_err(join_status)?
+        .map_err(repo_status)?;
         Ok(Response::new(proto::MissingChunksResponse { missing }))
     }
 
@@ -845,13 +945,20 @@ impl Backup for BackupService {
         // whole: a started task finishes even if the stream breaks off, so a retry only
         // sends what did not arrive.
         let mut tasks: JoinSet<StoreOutcome> = JoinSet::new();
+        let known = {
+            let (repo, known) = (self.repo.clone(), self.known.clone());
+            tokio::task::spawn_blocking(move || known.current(&repo))
+                .await
+                .map_err(join_status)?
+                .map_err(repo_status)?
+        };
         let received: Result<(), Status> = async {
             while let Some(up) = stream.next().await {
                 let up = up?;
                 self.touch(&peer, &up.session_id)?;
                 while tasks.len() >= STORE_PARALLEL {
                     let done = tasks.join_next().await.expect("non-empty");
-                    self.count_stored(&peer, &mut reply, done)?;
+                    self.count_stored(&peer, &mut reply, &known, done)?;
                 }
                 // The stored file: one tag byte and the payload.
                 let bytes = up.data.len() as u64 + 1;
@@ -860,6 +967,8 @@ impl Backup for BackupService {
                 let repo = self.repo.clone();
                 // The receiver's clock stamps (or touches) the chunk: GC's grace counts from it.
                 let now = SystemTime::from((self.clock)());
+                let id = ChunkId::from_slice(&up.id).ok();
+                let (uploads, identity) = (self.uploads.clone(), peer.identity.clone());
                 tasks.spawn_blocking(move || {
                     let result = Self::verify_chunk(&repo, &up, now).and_then(|checked| {
                         checked
@@ -869,11 +978,16 @@ impl Backup for BackupService {
                             })
                             .transpose()
                     });
-                    (up.session_id, bytes, result)
+                    // Recorded here, not when the reply is counted: a stream cut mid-way
+                    // drops the handler, and the retry must still find these present.
+                    if let (Ok(_), Some(id)) = (&result, id) {
+                        uploads.add(&identity, id);
+                    }
+                    (up.session_id, bytes, id, result)
                 });
             }
             while let Some(done) = tasks.join_next().await {
-                self.count_stored(&peer, &mut reply, done)?;
+                self.count_stored(&peer, &mut reply, &known, done)?;
             }
             Ok(())
         }
@@ -881,7 +995,7 @@ impl Backup for BackupService {
         // Chunks still being stored when the stream failed are counted (their errors no
         // longer matter to this reply).
         while let Some(done) = tasks.join_next().await {
-            let _ = self.count_stored(&peer, &mut reply, done);
+            let _ = self.count_stored(&peer, &mut reply, &known, done);
         }
         // Whatever happened, the chunks published so far get their directory entries
         // synced before this call returns: an acknowledged chunk is a durable chunk.

@@ -1,0 +1,471 @@
+//! Reads a `pg_dump -Fc` (custom format) archive as it streams past at commit: the header
+//! must say "custom-format archive", the table of contents must parse, and every table's
+//! rows are counted from its own data blocks (COPY text, one line a row). The counts are
+//! the receiver's measurement; the sender's row counts stay its claim.
+//!
+//! Layout (PostgreSQL's pg_backup_archiver.c, archive versions 1.12 to 1.15): "PGDMP",
+//! version (3 bytes), int size, offset size, format; compression; creation time; database
+//! name and server versions; the TOC entries; then data blocks (type, dump id, and
+//! length-prefixed pieces of one zlib stream, or raw without compression).
+//! Ints are a sign byte and `int size` little-endian bytes; strings an int length (-1 for
+//! none) and the bytes. Anything the reader does not know is reported, never guessed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use backup_common::manifest::MeasuredDump;
+
+/// Custom format (`archCustom`) in the header's format byte.
+const FORMAT_CUSTOM: u8 = 1;
+/// Data block types.
+const BLK_DATA: u8 = 1;
+const BLK_BLOBS: u8 = 3;
+/// The table of contents is buffered whole; real ones are far smaller.
+const MAX_TOC_BYTES: usize = 64 * 1024 * 1024;
+/// Decompressed table data counted per compressed byte before the counting gives up (a
+/// "zlib bomb" costs no more than this); COPY text compresses far less.
+const MAX_EXPANSION: u64 = 200;
+/// What pg_dump writes after a table's COPY rows: the end marker and two empty lines.
+const COPY_END: &[u8] = b"\\.\n\n\n";
+
+const fn version(major: u8, minor: u8) -> u32 {
+    (major as u32) << 16 | (minor as u32) << 8
+}
+
+#[derive(Debug)]
+struct NeedMore;
+
+/// A cursor over buffered bytes; every read fails with `NeedMore` at the end.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    int_size: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self) -> Result<u8, NeedMore> {
+        let b = *self.buf.get(self.pos).ok_or(NeedMore)?;
+        self.pos += 1;
+        Ok(b)
+    }
+    fn bytes(&mut self, n: usize) -> Result<&[u8], NeedMore> {
+        let end = self.pos.checked_add(n).ok_or(NeedMore)?;
+        let s = self.buf.get(self.pos..end).ok_or(NeedMore)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn int(&mut self) -> Result<i64, NeedMore> {
+        let negative = self.byte()? != 0;
+        let mut v: i64 = 0;
+        for i in 0..self.int_size {
+            let b = i64::from(self.byte()?);
+            if i < 8 {
+                v |= b << (8 * i);
+            }
+        }
+        Ok(if negative { -v } else { v })
+    }
+    fn string(&mut self) -> Result<Option<String>, NeedMore> {
+        let len = self.int()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let b = self.bytes(len as usize)?;
+        Ok(Some(String::from_utf8_lossy(b).into_owned()))
+    }
+}
+
+enum Parsed<T> {
+    Done(T),
+    NeedMore,
+    Bad(String),
+}
+
+impl<T> From<NeedMore> for Parsed<T> {
+    fn from(_: NeedMore) -> Self {
+        Parsed::NeedMore
+    }
+}
+
+macro_rules! need {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(NeedMore) => return Parsed::NeedMore,
+        }
+    };
+}
+
+struct Toc {
+    version: u32,
+    version_text: String,
+    int_size: usize,
+    /// `None`: uncompressed; `Some(true)`: zlib; `Some(false)`: a compression not read here.
+    zlib: Option<bool>,
+    /// Dump id → `schema.table` of each TABLE DATA entry.
+    tables: HashMap<i64, String>,
+    len: usize,
+}
+
+fn parse_toc(buf: &[u8]) -> Parsed<Toc> {
+    if buf.len() < 11 {
+        return Parsed::NeedMore;
+    }
+    if &buf[..5] != b"PGDMP" {
+        return Parsed::Bad("does not start with PGDMP: not a pg_dump archive".into());
+    }
+    let (vmaj, vmin, vrev) = (buf[5], buf[6], buf[7]);
+    let v = version(vmaj, vmin);
+    let version_text = format!("{vmaj}.{vmin}.{vrev}");
+    if !(version(1, 12)..=version(1, 15)).contains(&v) {
+        return Parsed::Bad(format!(
+            "archive version {version_text} is not one this receiver reads (1.12 to 1.15)"
+        ));
+    }
+    let int_size = buf[8] as usize;
+    let off_size = buf[9] as usize;
+    if !(1..=8).contains(&int_size) || !(1..=8).contains(&off_size) {
+        return Parsed::Bad(format!(
+            "int size {int_size} / offset size {off_size} out of range"
+        ));
+    }
+    if buf[10] != FORMAT_CUSTOM {
+        return Parsed::Bad(format!(
+            "archive format {} is not the custom format (pg_dump -Fc)",
+            buf[10]
+        ));
+    }
+    let mut c = Cursor {
+        buf,
+        pos: 11,
+        int_size,
+    };
+    let zlib = if v >= version(1, 15) {
+        match need!(c.byte()) {
+            0 => None,
+            1 => Some(true),
+            _ => Some(false),
+        }
+    } else {
+        match need!(c.int()) {
+            0 => None,
+            -1..=9 => Some(true),
+            n => return Parsed::Bad(format!("compression level {n} out of range")),
+        }
+    };
+    for _ in 0..7 {
+        need!(c.int()); // creation time
+    }
+    need!(c.string()); // database name
+    need!(c.string()); // server version
+    need!(c.string()); // pg_dump version
+    let count = need!(c.int());
+    if count < 0 || count as usize > buf.len() {
+        return Parsed::Bad(format!("TOC entry count {count} is impossible"));
+    }
+    let mut tables = HashMap::new();
+    for _ in 0..count {
+        let dump_id = need!(c.int());
+        need!(c.int()); // had dumper
+        need!(c.string()); // table oid
+        need!(c.string()); // oid
+        let tag = need!(c.string()).unwrap_or_default();
+        let desc = need!(c.string()).unwrap_or_default();
+        need!(c.int()); // section
+        need!(c.string()); // definition
+        need!(c.string()); // drop statement
+        need!(c.string()); // copy statement
+        let namespace = need!(c.string()).unwrap_or_default();
+        need!(c.string()); // tablespace
+        if v >= version(1, 14) {
+            need!(c.string()); // table access method
+        }
+        need!(c.string()); // owner
+        need!(c.string()); // "with oids"
+        while need!(c.string()).is_some() {} // dependencies
+                                             // Custom format's extra TOC data: the data offset (flag byte and offset bytes).
+        need!(c.byte());
+        need!(c.bytes(off_size));
+        if desc == "TABLE DATA" {
+            tables.insert(dump_id, format!("{namespace}.{tag}"));
+        }
+    }
+    Parsed::Done(Toc {
+        version: v,
+        version_text,
+        int_size,
+        zlib,
+        tables,
+        len: c.pos,
+    })
+}
+
+/// Keeps the last `COPY_END.len()` bytes seen in `tail`.
+fn keep_tail(tail: &mut Vec<u8>, bytes: &[u8]) {
+    tail.extend_from_slice(&bytes[bytes.len().saturating_sub(COPY_END.len())..]);
+    let excess = tail.len().saturating_sub(COPY_END.len());
+    tail.drain(..excess);
+}
+
+enum State {
+    Toc,
+    BlockStart,
+    /// Next: a piece length (or 0 ending the block / blob).
+    PieceLen {
+        table: Option<String>,
+    },
+    Piece {
+        table: Option<String>,
+        left: usize,
+    },
+    /// Next: a blob oid (0 ends the blobs block).
+    BlobOid,
+    Failed(String),
+}
+
+/// Feeds on a dump's bytes in order; [`DumpReader::finish`] says what it found.
+pub struct DumpReader {
+    state: State,
+    buf: Vec<u8>,
+    toc: Option<Toc>,
+    inflate: Option<flate2::Decompress>,
+    rows: BTreeMap<String, u64>,
+    /// The last bytes of the current table's COPY data, to find its end marker.
+    tail: Vec<u8>,
+    compressed: u64,
+    expanded: u64,
+    /// Why rows cannot be counted (the archive itself may still be fine).
+    uncounted: Option<String>,
+}
+
+impl Default for DumpReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DumpReader {
+    pub fn new() -> DumpReader {
+        DumpReader {
+            state: State::Toc,
+            buf: Vec::new(),
+            toc: None,
+            inflate: None,
+            rows: BTreeMap::new(),
+            tail: Vec::new(),
+            compressed: 0,
+            expanded: 0,
+            uncounted: None,
+        }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if matches!(self.state, State::Failed(_)) {
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        let used = self.advance();
+        self.buf.drain(..used);
+    }
+
+    /// Parses as far as the buffer allows; returns how many bytes it consumed.
+    fn advance(&mut self) -> usize {
+        let mut pos = 0;
+        loop {
+            let rest = &self.buf[pos..];
+            let state = std::mem::replace(&mut self.state, State::BlockStart);
+            let (next, used) = match state {
+                State::Failed(e) => (State::Failed(e), 0),
+                State::Toc => match parse_toc(rest) {
+                    Parsed::Done(toc) => {
+                        let len = toc.len;
+                        if toc.zlib == Some(false) {
+                            self.uncounted = Some("its compression is not zlib".into());
+                        }
+                        for t in toc.tables.values() {
+                            self.rows.insert(t.clone(), 0);
+                        }
+                        self.toc = Some(toc);
+                        (State::BlockStart, len)
+                    }
+                    Parsed::NeedMore if rest.len() > MAX_TOC_BYTES => (
+                        State::Failed(format!("TOC longer than {MAX_TOC_BYTES} bytes")),
+                        0,
+                    ),
+                    Parsed::NeedMore => (State::Toc, 0),
+                    Parsed::Bad(e) => (State::Failed(e), 0),
+                },
+                State::BlockStart => {
+                    let mut c = self.cursor(rest);
+                    match (c.byte(), c.int()) {
+                        (Ok(BLK_DATA), Ok(id)) => {
+                            let table = self.toc.as_ref().and_then(|t| t.tables.get(&id)).cloned();
+                            if table.is_none() {
+                                (
+                                    State::Failed(format!(
+                                        "data block for dump id {id}, which the TOC does not list as table data"
+                                    )),
+                                    0,
+                                )
+                            } else {
+                                self.inflate = Some(flate2::Decompress::new(true));
+                                self.tail.clear();
+                                (State::PieceLen { table }, c.pos)
+                            }
+                        }
+                        (Ok(BLK_BLOBS), Ok(_)) => (State::BlobOid, c.pos),
+                        (Ok(t), Ok(_)) => {
+                            (State::Failed(format!("unknown data block type {t}")), 0)
+                        }
+                        _ => (State::BlockStart, 0),
+                    }
+                }
+                State::BlobOid => {
+                    let mut c = self.cursor(rest);
+                    match c.int() {
+                        Ok(0) => (State::BlockStart, c.pos),
+                        Ok(_) => (State::PieceLen { table: None }, c.pos),
+                        Err(NeedMore) => (State::BlobOid, 0),
+                    }
+                }
+                State::PieceLen { table } => {
+                    let mut c = self.cursor(rest);
+                    match c.int() {
+                        Ok(0) => {
+                            let used = c.pos;
+                            let next = match &table {
+                                Some(t) => {
+                                    self.end_table(t);
+                                    State::BlockStart
+                                }
+                                None => State::BlobOid,
+                            };
+                            (next, used)
+                        }
+                        Ok(n) if n < 0 => (State::Failed(format!("negative data length {n}")), 0),
+                        Ok(n) => (
+                            State::Piece {
+                                table,
+                                left: n as usize,
+                            },
+                            c.pos,
+                        ),
+                        Err(NeedMore) => (State::PieceLen { table }, 0),
+                    }
+                }
+                State::Piece { table, left } => {
+                    let n = left.min(rest.len());
+                    if n == 0 {
+                        (State::Piece { table, left }, 0)
+                    } else {
+                        if let Some(t) = &table {
+                            let piece = self.buf[pos..pos + n].to_vec();
+                            self.count_rows(t, &piece);
+                        }
+                        let next = if n == left {
+                            State::PieceLen { table }
+                        } else {
+                            State::Piece {
+                                table,
+                                left: left - n,
+                            }
+                        };
+                        (next, n)
+                    }
+                }
+            };
+            self.state = next;
+            if used == 0 {
+                return pos;
+            }
+            pos += used;
+        }
+    }
+
+    fn cursor<'a>(&self, buf: &'a [u8]) -> Cursor<'a> {
+        Cursor {
+            buf,
+            pos: 0,
+            int_size: self.toc.as_ref().map_or(4, |t| t.int_size),
+        }
+    }
+
+    /// A table's data ended: its three closing newlines (`\\.` and two empty lines) are no
+    /// rows. Data that does not end so is no COPY data pg_dump wrote.
+    fn end_table(&mut self, table: &str) {
+        if self.uncounted.is_some() {
+            return;
+        }
+        if self.tail.ends_with(COPY_END) {
+            if let Some(n) = self.rows.get_mut(table) {
+                *n = n.saturating_sub(3);
+            }
+        } else {
+            self.uncounted = Some(format!(
+                "the table data of {table} does not end as pg_dump ends COPY data"
+            ));
+        }
+    }
+
+    /// Counts the newlines of one piece of a table's COPY data.
+    fn count_rows(&mut self, table: &str, piece: &[u8]) {
+        if self.uncounted.is_some() {
+            return;
+        }
+        self.compressed += piece.len() as u64;
+        let zlib = self.toc.as_ref().and_then(|t| t.zlib) == Some(true);
+        let mut lines = 0u64;
+        if !zlib {
+            lines = piece.iter().filter(|&&b| b == b'\n').count() as u64;
+            keep_tail(&mut self.tail, piece);
+        } else {
+            let inflate = self.inflate.as_mut().expect("set at block start");
+            let mut input = piece;
+            let mut out = vec![0u8; 256 * 1024];
+            while !input.is_empty() {
+                let before = (inflate.total_in(), inflate.total_out());
+                if let Err(e) = inflate.decompress(input, &mut out, flate2::FlushDecompress::None) {
+                    self.uncounted = Some(format!("table data of {table} does not inflate: {e}"));
+                    return;
+                }
+                let consumed = (inflate.total_in() - before.0) as usize;
+                let produced = (inflate.total_out() - before.1) as usize;
+                lines += out[..produced].iter().filter(|&&b| b == b'\n').count() as u64;
+                keep_tail(&mut self.tail, &out[..produced]);
+                self.expanded += produced as u64;
+                input = &input[consumed..];
+                if consumed == 0 && produced == 0 {
+                    break;
+                }
+                if self.expanded > MAX_EXPANSION * self.compressed.max(1 << 20) {
+                    self.uncounted = Some(format!(
+                        "its table data expands more than {MAX_EXPANSION}-fold"
+                    ));
+                    return;
+                }
+            }
+        }
+        *self.rows.entry(table.to_string()).or_default() += lines;
+    }
+
+    /// What the dump turned out to be: an error when it is no custom-format archive or
+    /// ends in the middle of a block.
+    pub fn finish(self) -> Result<MeasuredDump, String> {
+        match self.state {
+            State::Failed(e) => return Err(e),
+            State::Toc => return Err("ends before its table of contents does".into()),
+            State::BlockStart if self.buf.is_empty() => {}
+            _ => return Err("ends in the middle of a data block".into()),
+        }
+        let toc = self.toc.expect("past the TOC");
+        let (row_counts, row_counts_unmeasured) = match self.uncounted {
+            Some(why) => (None, Some(why)),
+            None => (Some(self.rows), None),
+        };
+        let _ = toc.version;
+        Ok(MeasuredDump {
+            archive_version: toc.version_text,
+            row_counts,
+            row_counts_unmeasured,
+        })
+    }
+}

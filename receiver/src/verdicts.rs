@@ -1,0 +1,331 @@
+//! Verdicts on snapshots that come from the NAS side, never from the network: an
+//! operator's acknowledgement of a suspect snapshot (`ack`), an operator's rejection of any
+//! snapshot (`reject`), and a passed restore drill. Each is a write-once file:
+//!
+//! ```text
+//! REPO/acks/<id>.json      acknowledged: a suspect snapshot counts as good
+//! REPO/rejects/<id>.json   rejected: out of every decision (delta base, baseline, latest,
+//!                          retention slots); kept on disk for forensics until retention
+//! REPO/drills/<id>.json    the newest such snapshot is kept by retention ("drilled")
+//! ```
+//!
+//! The contract other modules rely on: a snapshot is *good* iff it is not rejected and
+//! either not flagged by the guard or acknowledged. Only good snapshots are a delta base,
+//! a guard baseline, `latest`, or the source of chunks the network may be told exist.
+
+use std::path::PathBuf;
+
+use backup_common::durable::{self, Published};
+use backup_common::manifest::Manifest;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::repository::{RepoError, Repository};
+
+/// The three kinds of verdict file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ack,
+    Reject,
+    DrillPassed,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Ack => "acks",
+            Kind::Reject => "rejects",
+            Kind::DrillPassed => "drills",
+        }
+    }
+}
+
+/// An operator's or the drill's word on one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub snapshot: String,
+    pub time: DateTime<Utc>,
+    pub operator: String,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("snapshot {0} is not suspect; there is nothing to acknowledge")]
+    NotSuspect(String),
+    #[error("snapshot {0} was rejected; a rejected snapshot cannot be acknowledged")]
+    Rejected(String),
+    #[error("snapshot {0} was already acknowledged ({1})")]
+    AlreadyAcknowledged(String, PathBuf),
+    #[error("snapshot {0} was already rejected ({1})")]
+    AlreadyRejected(String, PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn path(repo: &Repository, kind: Kind, snapshot_id: &str) -> PathBuf {
+    repo.root()
+        .join(kind.dir())
+        .join(format!("{snapshot_id}.json"))
+}
+
+fn exists(repo: &Repository, kind: Kind, snapshot_id: &str) -> bool {
+    !snapshot_id.contains(['/', '\\', '\0'])
+        && !snapshot_id.starts_with('.')
+        && path(repo, kind, snapshot_id).is_file()
+}
+
+/// Ids with a verdict of `kind`, sorted (for caches that must notice a new verdict).
+pub fn ids(repo: &Repository, kind: Kind) -> Result<Vec<String>, RepoError> {
+    let dir = repo.root().join(kind.dir());
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(RepoError::Io { path: dir, source }),
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+pub fn ack_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
+    path(repo, Kind::Ack, snapshot_id)
+}
+
+pub fn reject_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
+    path(repo, Kind::Reject, snapshot_id)
+}
+
+/// Whether an operator acknowledged snapshot `snapshot_id`.
+pub fn is_acknowledged(repo: &Repository, snapshot_id: &str) -> bool {
+    exists(repo, Kind::Ack, snapshot_id)
+}
+
+/// Whether an operator rejected snapshot `snapshot_id`.
+pub fn is_rejected(repo: &Repository, snapshot_id: &str) -> bool {
+    exists(repo, Kind::Reject, snapshot_id)
+}
+
+/// Whether a drill passed on snapshot `snapshot_id`.
+pub fn drill_passed(repo: &Repository, snapshot_id: &str) -> bool {
+    exists(repo, Kind::DrillPassed, snapshot_id)
+}
+
+/// Flagged by the guard and not acknowledged (a rejected snapshot is not "suspect": it is
+/// out of every decision, including the pin a suspect one holds).
+pub fn is_suspect(repo: &Repository, manifest: &Manifest) -> bool {
+    manifest.suspect.is_some()
+        && !is_acknowledged(repo, &manifest.id)
+        && !is_rejected(repo, &manifest.id)
+}
+
+/// Counts as good: not rejected, and not flagged or acknowledged.
+pub fn is_good(repo: &Repository, manifest: &Manifest) -> bool {
+    !is_rejected(repo, &manifest.id)
+        && (manifest.suspect.is_none() || is_acknowledged(repo, &manifest.id))
+}
+
+/// Why a snapshot is not good, for a message; `None` when it is good.
+pub fn not_good_because(repo: &Repository, manifest: &Manifest) -> Option<String> {
+    if is_rejected(repo, &manifest.id) {
+        return Some("rejected by an operator".into());
+    }
+    if is_suspect(repo, manifest) {
+        return Some(format!(
+            "suspect ({})",
+            manifest.suspect.as_deref().unwrap_or_default()
+        ));
+    }
+    None
+}
+
+fn write(repo: &Repository, kind: Kind, record: &Ack) -> Result<Published, AckError> {
+    let dir = repo.root().join(kind.dir());
+    std::fs::create_dir_all(&dir).map_err(|source| AckError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let bytes = serde_json::to_vec_pretty(record).expect("verdict serializes");
+    let name = format!("{}.json", record.snapshot);
+    durable::write_once(&repo.tmp_dir(), &dir, &name, &bytes)
+        .map_err(|source| AckError::Io { path: dir, source })
+}
+
+/// Acknowledges a suspect snapshot (`name` is an id; `latest` means the newest snapshot,
+/// good or not, since that is what an operator acknowledges after a flagged night).
+pub fn acknowledge(
+    repo: &Repository,
+    name: &str,
+    operator: &str,
+    note: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Ack, AckError> {
+    let manifest = repo.resolve_any(name)?;
+    if is_rejected(repo, &manifest.id) {
+        return Err(AckError::Rejected(manifest.id));
+    }
+    if manifest.suspect.is_none() {
+        return Err(AckError::NotSuspect(manifest.id));
+    }
+    let ack = Ack {
+        snapshot: manifest.id.clone(),
+        time: now,
+        operator: operator.to_string(),
+        note: note.map(str::to_string),
+    };
+    match write(repo, Kind::Ack, &ack)? {
+        Published::Created => Ok(ack),
+        Published::AlreadyExisted => Err(AckError::AlreadyAcknowledged(
+            manifest.id.clone(),
+            ack_path(repo, &manifest.id),
+        )),
+    }
+}
+
+/// Rejects a snapshot (suspect or not; `name` is an id): from now on it is no delta base,
+/// baseline or `latest`, takes no retention slot and pins nothing.
+pub fn reject(
+    repo: &Repository,
+    name: &str,
+    operator: &str,
+    note: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Ack, AckError> {
+    if name == "latest" {
+        // "latest" is a good snapshot by definition; rejecting needs the id in front of you.
+        return Err(AckError::Repo(RepoError::NoSuchSnapshot(
+            "latest (give the snapshot id; `backup-receiver snapshots` lists them)".into(),
+        )));
+    }
+    let manifest = repo.resolve_any(name)?;
+    let record = Ack {
+        snapshot: manifest.id.clone(),
+        time: now,
+        operator: operator.to_string(),
+        note: note.map(str::to_string),
+    };
+    match write(repo, Kind::Reject, &record)? {
+        Published::Created => Ok(record),
+        Published::AlreadyExisted => Err(AckError::AlreadyRejected(
+            manifest.id.clone(),
+            reject_path(repo, &manifest.id),
+        )),
+    }
+}
+
+/// Records that a drill passed on `snapshot_id` (a second pass keeps the first record).
+pub fn record_drill_passed(
+    repo: &Repository,
+    snapshot_id: &str,
+    note: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AckError> {
+    let record = Ack {
+        snapshot: snapshot_id.to_string(),
+        time: now,
+        operator: "drill".into(),
+        note: Some(note.to_string()),
+    };
+    write(repo, Kind::DrillPassed, &record).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backup_common::manifest::{SnapshotStats, FORMAT_VERSION};
+
+    fn snap(id: &str, suspect: Option<&str>) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            id: id.into(),
+            time: Utc::now(),
+            sender_time: None,
+            source_host: "vps".into(),
+            peer_identity: "prod-vps".into(),
+            bucket: "b".into(),
+            dump: None,
+            objects: vec![],
+            stats: SnapshotStats::default(),
+            suspect: suspect.map(str::to_string),
+            measured: None,
+        }
+    }
+
+    #[test]
+    fn acks_are_write_once_and_make_a_snapshot_good() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_init(d.path()).unwrap();
+        let good = snap("20260101T000000Z", None);
+        let bad = snap("20260102T000000Z", Some("empty"));
+        assert!(repo.publish_manifest(&good).unwrap());
+        assert!(repo.publish_manifest(&bad).unwrap());
+        assert_eq!(repo.latest_good().unwrap().unwrap().id, good.id);
+        assert!(is_suspect(&repo, &bad));
+        assert!(matches!(
+            acknowledge(&repo, &good.id, "op", None, Utc::now()),
+            Err(AckError::NotSuspect(_))
+        ));
+        let ack = acknowledge(
+            &repo,
+            "latest",
+            "op",
+            Some("bucket emptied on purpose"),
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(ack.snapshot, bad.id);
+        assert!(is_acknowledged(&repo, &bad.id));
+        assert!(!is_suspect(&repo, &bad));
+        assert_eq!(repo.latest_good().unwrap().unwrap().id, bad.id);
+        assert!(matches!(
+            acknowledge(&repo, &bad.id, "op", None, Utc::now()),
+            Err(AckError::AlreadyAcknowledged(..))
+        ));
+        assert!(!is_acknowledged(&repo, "../snapshots/20260102T000000Z"));
+    }
+
+    #[test]
+    fn a_rejected_snapshot_is_out_of_every_decision() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_init(d.path()).unwrap();
+        let first = snap("20260101T000000Z", None);
+        let attacker = snap("20260102T000000Z", None);
+        let flagged = snap("20260103T000000Z", Some("inflated"));
+        for m in [&first, &attacker, &flagged] {
+            assert!(repo.publish_manifest(m).unwrap());
+        }
+        assert_eq!(repo.latest_good().unwrap().unwrap().id, attacker.id);
+        assert!(reject(&repo, "latest", "op", None, Utc::now()).is_err());
+        reject(&repo, &attacker.id, "op", Some("not ours"), Utc::now()).unwrap();
+        assert!(!is_good(&repo, &attacker));
+        assert_eq!(repo.latest_good().unwrap().unwrap().id, first.id);
+        assert!(matches!(
+            reject(&repo, &attacker.id, "op", None, Utc::now()),
+            Err(AckError::AlreadyRejected(..))
+        ));
+        reject(&repo, &flagged.id, "op", None, Utc::now()).unwrap();
+        assert!(!is_suspect(&repo, &flagged), "rejected: pins nothing");
+        assert!(matches!(
+            acknowledge(&repo, &flagged.id, "op", None, Utc::now()),
+            Err(AckError::Rejected(_))
+        ));
+        assert_eq!(
+            ids(&repo, Kind::Reject).unwrap(),
+            vec![attacker.id.clone(), flagged.id.clone()]
+        );
+    }
+}
