@@ -661,6 +661,11 @@ pub struct DrillConfig {
     /// Where the throwaway cluster and the restored objects go; default `$TMPDIR`.
     #[serde(default)]
     pub scratch_dir: Option<PathBuf>,
+    /// OS account the throwaway PostgreSQL and `pg_restore` run as when the drill runs as
+    /// root (default `postgres`). It must not be able to read the repository, this
+    /// config or the receiver's key; the drill checks and refuses otherwise.
+    #[serde(default)]
+    pub sandbox_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

@@ -3,11 +3,46 @@
 //! no-replace primitive (a hard link, which fails if the name exists), then the directory
 //! is fsynced. A crash leaves either no file or the whole file; a published name is never
 //! written again.
+//!
+//! Modes do not depend on the caller's umask: a published file is 0400 (read-only, for its
+//! owner only) and a directory made by [`create_private_dir_all`] is 0700, so a
+//! repository is not readable by other local users even where no `UMask=` applies (cron).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// Mode of every published file: read-only, owner only.
+pub const FILE_MODE: u32 = 0o400;
+/// Mode of every directory this crate's callers create for stored or restored data.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and any missing parents with mode 0700 whatever the umask; directories
+/// that exist already keep their mode.
+pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // Find the missing ancestors first so only the ones created here are chmod-ed.
+    let mut missing = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    for d in missing.iter().rev() {
+        match DirBuilder::new().mode(DIR_MODE).create(d) {
+            Ok(()) => fs::set_permissions(d, fs::Permissions::from_mode(DIR_MODE))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// What a publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +95,7 @@ pub fn write_once_unsynced_dir(
             .mode(0o600)
             .open(&tmp)?;
         fill(&mut file)?;
-        file.set_permissions(fs::Permissions::from_mode(0o444))?;
+        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
         file.sync_all()?;
         drop(file);
         match fs::hard_link(&tmp, &target) {
@@ -100,12 +135,28 @@ mod tests {
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o444);
+        assert_eq!(mode & 0o777, 0o400);
         assert_eq!(
             fs::read_dir(&tmp).unwrap().count(),
             0,
             "temp file left behind"
         );
+    }
+
+    #[test]
+    fn private_dirs_are_0700_whatever_the_umask() {
+        let d = tempfile::tempdir().unwrap();
+        // SAFETY: umask(2) has no preconditions; the test restores the old mask.
+        let old = unsafe { libc::umask(0o022) };
+        let deep = d.path().join("a/b/c");
+        let r = create_private_dir_all(&deep);
+        unsafe { libc::umask(old) };
+        r.unwrap();
+        for p in ["a", "a/b", "a/b/c"] {
+            let mode = fs::metadata(d.path().join(p)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{p}");
+        }
+        create_private_dir_all(&deep).unwrap();
     }
 
     #[test]

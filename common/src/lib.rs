@@ -15,6 +15,7 @@ pub mod keys;
 pub mod manifest;
 pub mod ping;
 pub mod retention;
+pub mod term;
 pub mod tls;
 pub mod wire;
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use backup_common::config::{read_secret, ReceiverConfig, RetentionConfig};
+use backup_common::term::{escape, escape_lines};
 use backup_common::tls::{init_certs_with, CertSpec, Lifetimes};
 use backup_receiver::audit::AuditLog;
 use backup_receiver::repository::Repository;
@@ -40,9 +41,14 @@ enum Command {
         json: bool,
     },
     /// Restore a snapshot (an id, or `latest`). Every byte is checked against the manifest.
+    /// Files are written 0600, directories 0700, only into a new or empty directory and
+    /// never through a link. Exit code 4 when some objects could not be restored (each
+    /// is named; the others are restored).
     Restore(RestoreArgs),
     /// Restore drill: restore a snapshot into a sandbox and check it (row counts, sanity
-    /// queries, every object's hash). Exit 0 only when everything matched.
+    /// queries, every object's hash). The dump is restored as a role that is not a
+    /// superuser; as root, the sandbox runs as [drill] sandbox_user with no network.
+    /// Exit 0 only when everything matched; 1 when the drill failed or could not run.
     Drill(DrillArgs),
     /// Apply the retention policy: move snapshots it does not keep to the trash, and
     /// remove trash entries whose grace period has passed. Uses the receiver's clock.
@@ -152,6 +158,14 @@ impl RepoTarget {
 #[error("verification found {0} damaged chunk(s)")]
 struct DamageFound(usize);
 
+/// A restore wrote some objects but not all: exit code 4.
+#[derive(Debug, thiserror::Error)]
+#[error("restore incomplete: {failed} of {total} object(s) were not restored (listed above); the others were restored and verified")]
+struct RestoreIncomplete {
+    failed: usize,
+    total: usize,
+}
+
 #[derive(Args)]
 struct RestoreArgs {
     /// Snapshot id, or `latest` (the newest good snapshot).
@@ -161,10 +175,11 @@ struct RestoreArgs {
     /// Allow restoring a snapshot that is suspect or rejected (named by its id).
     #[arg(long)]
     allow_suspect: bool,
-    /// Write the exact database dump file here (must not exist).
+    /// Write the exact database dump file here (must not exist, not even as a link).
     #[arg(long)]
     dump_out: Option<PathBuf>,
-    /// Write every object below this directory, at its key.
+    /// Write every object below this directory, at its key. The directory must be new
+    /// or empty (and yours); anything in the way is refused, never followed or replaced.
     #[arg(long)]
     objects_out: Option<PathBuf>,
     /// Stream the dump into pg_restore against this database URL.
@@ -444,12 +459,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.damage.len()
                 );
                 for d in &r.damage {
-                    println!("{:?} chunk {}: {}", d.problem, d.chunk, d.detail);
+                    println!("{:?} chunk {}: {}", d.problem, d.chunk, escape(&d.detail));
                     if let Some(q) = &d.quarantined {
                         println!("  moved to {}", q.display());
                     }
                     for a in &d.affected {
-                        println!("  affects snapshot {} {}", a.snapshot, a.item);
+                        println!(
+                            "  affects snapshot {} {}",
+                            escape(&a.snapshot),
+                            escape(&a.item)
+                        );
                     }
                 }
             }
@@ -517,7 +536,7 @@ async fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
     let manifest = repo.resolve(&args.snapshot, args.allow_suspect)?;
     eprintln!(
         "restoring snapshot {} ({}, {} objects)",
-        manifest.id,
+        escape(&manifest.id),
         manifest.time.to_rfc3339(),
         manifest.stats.object_count
     );
@@ -540,12 +559,26 @@ async fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &args.objects_out {
         let (repo, m, dir) = (repo.clone(), manifest.clone(), dir.clone());
-        let t =
+        let outcome =
             tokio::task::spawn_blocking(move || restore::objects_to_dir(&repo, &m, &dir)).await??;
+        for (key, e) in &outcome.failures {
+            eprintln!(
+                "object \"{}\" NOT restored: {}",
+                escape(key),
+                escape(&backup_common::error_chain(e))
+            );
+        }
         eprintln!(
             "objects: {} objects, {} bytes verified and written",
-            t.objects, t.bytes
+            outcome.restored.objects, outcome.restored.bytes
         );
+        if !outcome.failures.is_empty() {
+            return Err(RestoreIncomplete {
+                failed: outcome.failures.len(),
+                total: manifest.objects.len(),
+            }
+            .into());
+        }
     }
     if args.objects_to_s3 {
         let need = |v: Option<String>, flag: &str| {
@@ -592,12 +625,16 @@ async fn drill_cmd(args: DrillArgs) -> anyhow::Result<()> {
             allow_suspect: args.allow_suspect,
         },
     };
+    // What the sandbox's OS user must not read, besides the repository.
+    let mut private_paths: Vec<PathBuf> = args.config.iter().cloned().collect();
+    private_paths.extend(config.as_ref().map(|c| c.tls.server_key.clone()));
     let repo_path = repo.clone();
     let opts = drill::DrillOptions {
         repo,
         selector,
         config: config.map(|c| c.drill).unwrap_or_default(),
         now: clock::from_env()(),
+        private_paths,
     };
     let now = opts.now;
     let report = drill::run_and_ping(&opts, shutdown_signal()).await?;
@@ -678,9 +715,14 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", backup_common::error_chain(e.as_ref()));
+            eprintln!(
+                "error: {}",
+                escape_lines(&backup_common::error_chain(e.as_ref()))
+            );
             if e.is::<DamageFound>() {
                 ExitCode::from(3)
+            } else if e.is::<RestoreIncomplete>() {
+                ExitCode::from(4)
             } else {
                 ExitCode::FAILURE
             }

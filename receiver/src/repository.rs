@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! REPO/repository.json        marker + format version
-//! REPO/chunks/ab/abcdef…      one file per chunk (tag byte + raw or zstd payload), mode 0444
-//! REPO/snapshots/<id>.json    one manifest per snapshot, mode 0444
-//! REPO/acks/<id>.json         operator acknowledgements of suspect snapshots, mode 0444
+//! REPO/chunks/ab/abcdef…      one file per chunk (tag byte + raw or zstd payload), mode 0400
+//! REPO/snapshots/<id>.json    one manifest per snapshot, mode 0400
+//! REPO/acks/<id>.json         operator acknowledgements of suspect snapshots, mode 0400
 //! REPO/rejects/<id>.json      operator rejections (verdicts.rs)
 //! REPO/drills/<id>.json       passed restore drills (verdicts.rs)
 //! REPO/tmp/                   staging for write-once publishes (same filesystem)
@@ -92,7 +92,7 @@ impl Repository {
             unsynced: Arc::default(),
         };
         for dir in [repo.chunks_dir(), repo.snapshots_dir(), repo.tmp_dir()] {
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            durable::create_private_dir_all(&dir).map_err(io_err(&dir))?;
         }
         Ok(repo)
     }
@@ -100,9 +100,9 @@ impl Repository {
     /// Opens the repository at `root`, creating an empty one if there is none.
     pub fn open_or_init(root: &Path) -> Result<Self, RepoError> {
         if !root.join(MARKER).is_file() {
-            fs::create_dir_all(root).map_err(io_err(root))?;
+            durable::create_private_dir_all(root).map_err(io_err(root))?;
             let tmp = root.join("tmp");
-            fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+            durable::create_private_dir_all(&tmp).map_err(io_err(&tmp))?;
             let marker = serde_json::to_vec_pretty(&Marker {
                 format: FORMAT_VERSION,
                 kind: "familienarchiv-backup".into(),
@@ -171,7 +171,7 @@ impl Repository {
         let path = self.chunk_path(id);
         let dir = path.parent().expect("chunk path has a parent");
         if !dir.is_dir() {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            durable::create_private_dir_all(dir).map_err(io_err(dir))?;
             durable::sync_dir(&self.chunks_dir()).map_err(io_err(dir))?;
         }
         let name = path.file_name().and_then(|n| n.to_str()).expect("hex name");

@@ -2,15 +2,29 @@
 //! pg_restore run, or objects in an S3 bucket. Every byte is checked twice: each chunk
 //! against its id, and each whole stream against the hash and size in the manifest.
 //! Runs on the NAS only; the network service has no restore call.
+//!
+//! Writing files named by a snapshot is writing untrusted names, so files go only into a
+//! directory the restore created or found empty and owns ([`Target`]). Every directory
+//! below it is entered with `O_NOFOLLOW`; every file is staged in a directory beside the
+//! target, which no key can name, and published with `linkat`, which neither follows nor
+//! replaces an existing name. Files are 0600 and directories 0700 whatever the umask. One
+//! object that cannot be written fails alone; the others are still restored.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use backup_common::chunk::ChunkId;
+use backup_common::durable;
 use backup_common::keys::{self, KeyError};
 use backup_common::manifest::{ChunkRef, DumpEntry, Manifest, ObjectEntry};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::repository::{RepoError, Repository};
 
@@ -41,6 +55,18 @@ pub enum RestoreError {
     },
     #[error("{path} exists already; refusing to overwrite it")]
     Exists { path: PathBuf },
+    #[error("{path} {reason}; restore into a new or empty directory of your own")]
+    Target { path: PathBuf, reason: String },
+    #[error("{path} {reason}")]
+    Collision { path: PathBuf, reason: String },
+    #[error("a path component of {key:?} is {bytes} bytes ({component:?}…), longer than a file name may be ({NAME_MAX} bytes)")]
+    NameTooLong {
+        key: String,
+        component: String,
+        bytes: usize,
+    },
+    #[error("refused, its key would escape the target: {0}")]
+    UnsafeKey(KeyError),
     #[error("snapshot {0} has no database dump")]
     NoDump(String),
     #[error("refused to restore {count} object(s) whose keys would escape the target: {first}")]
@@ -99,34 +125,6 @@ pub fn write_stream(
     Ok(())
 }
 
-/// Writes a stream to `path` via a `.partial` file that is renamed into place only once
-/// every byte checked out; a failure leaves no file at `path`.
-fn write_file(
-    repo: &Repository,
-    what: &str,
-    chunks: &[ChunkRef],
-    size: u64,
-    hash: ChunkId,
-    path: &Path,
-) -> Result<(), RestoreError> {
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let result = (|| {
-        let mut f = File::create(&partial).map_err(io_at(&partial))?;
-        let mut buffered = io::BufWriter::with_capacity(1 << 20, &mut f);
-        write_stream(repo, what, chunks, size, hash, &mut buffered)?;
-        buffered.flush().map_err(io_at(&partial))?;
-        drop(buffered);
-        f.sync_all().map_err(io_at(&partial))?;
-        fs::rename(&partial, path).map_err(io_at(path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
-    }
-    result
-}
-
 fn dump_of(manifest: &Manifest) -> Result<&DumpEntry, RestoreError> {
     manifest
         .dump
@@ -134,55 +132,104 @@ fn dump_of(manifest: &Manifest) -> Result<&DumpEntry, RestoreError> {
         .ok_or_else(|| RestoreError::NoDump(manifest.id.clone()))
 }
 
-/// Restores the exact dump file to `path`, which must not exist.
+/// Restores the exact dump file to `path`, which must not exist (not even as a link).
+/// It is written as a 0600 temporary file beside `path` and published without replacing
+/// anything, so a failure leaves no file at `path`.
 pub fn dump_to_file(
     repo: &Repository,
     manifest: &Manifest,
     path: &Path,
 ) -> Result<u64, RestoreError> {
     let dump = dump_of(manifest)?;
-    if path.exists() {
+    if fs::symlink_metadata(path).is_ok() {
         return Err(RestoreError::Exists {
             path: path.to_path_buf(),
         });
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(io_at(parent))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    durable::create_private_dir_all(parent).map_err(io_at(parent))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".restore-")
+        .permissions(fs::Permissions::from_mode(FILE_MODE))
+        .tempfile_in(parent)
+        .map_err(io_at(parent))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(FILE_MODE))
+        .map_err(io_at(path))?;
+    {
+        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        write_stream(
+            repo,
+            &dump.file_name,
+            &dump.chunks,
+            dump.size,
+            dump.hash,
+            &mut w,
+        )?;
+        w.flush().map_err(io_at(path))?;
     }
-    write_file(
-        repo,
-        &dump.file_name,
-        &dump.chunks,
-        dump.size,
-        dump.hash,
-        path,
-    )?;
+    tmp.as_file().sync_all().map_err(io_at(path))?;
+    tmp.persist_noclobber(path).map_err(|e| {
+        if e.error.kind() == io::ErrorKind::AlreadyExists {
+            RestoreError::Exists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            io_at(path)(e.error)
+        }
+    })?;
     Ok(dump.size)
 }
 
-/// Streams the dump into `pg_restore --dbname=URL`, plus `extra_args`.
-pub fn dump_to_pg_restore(
+/// pg_restore's stderr kept for an error message; the rest is read and dropped.
+const MAX_STDERR_BYTES: usize = 64 * 1024;
+
+/// Reads all of `r`, keeping the first [`MAX_STDERR_BYTES`] (lossy UTF-8).
+pub fn read_bounded(mut r: impl Read) -> String {
+    let mut kept = Vec::new();
+    let mut dropped = 0u64;
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = MAX_STDERR_BYTES.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&buf[..room]);
+                dropped += (n - room) as u64;
+            }
+        }
+    }
+    let mut text = String::from_utf8_lossy(&kept).into_owned();
+    if dropped > 0 {
+        text.push_str(&format!("\n… ({dropped} more bytes)"));
+    }
+    text
+}
+
+/// Streams the verified dump into `cmd` (a pg_restore with its connection and options
+/// set) on stdin, while `consume` reads its stderr on a thread of its own, so a
+/// pg_restore that reports many errors cannot stall the stream. `Err` when the program
+/// cannot start or the dump does not verify; pg_restore's own failures are in the
+/// returned status.
+pub fn stream_dump<T: Send + 'static>(
     repo: &Repository,
     manifest: &Manifest,
-    pg_restore: &[String],
-    url: &str,
-    extra_args: &[String],
-) -> Result<u64, RestoreError> {
+    mut cmd: Command,
+    consume: impl FnOnce(std::process::ChildStderr) -> T + Send + 'static,
+) -> Result<(ExitStatus, T), RestoreError> {
     let dump = dump_of(manifest)?;
-    let (program, prefix) = pg_restore
-        .split_first()
-        .ok_or_else(|| RestoreError::PgRestore("empty pg_restore command".into()))?;
-    let mut child = Command::new(program)
-        .args(prefix)
-        .arg("--exit-on-error")
-        .arg(format!("--dbname={url}"))
-        .args(extra_args)
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
         .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| RestoreError::PgRestore(format!("cannot start {program}: {e}")))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || consume(stderr));
     let written = write_stream(
         repo,
         &dump.file_name,
@@ -192,19 +239,273 @@ pub fn dump_to_pg_restore(
         &mut stdin,
     );
     drop(stdin);
-    let output = child
-        .wait_with_output()
+    let status = child
+        .wait()
         .map_err(|e| RestoreError::PgRestore(e.to_string()))?;
-    written?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
+    let said = reader
+        .join()
+        .map_err(|_| RestoreError::PgRestore("reading its output panicked".into()))?;
+    match written {
+        // pg_restore stopped reading; its status and stderr say why.
+        Err(RestoreError::Io { source, .. })
+            if source.kind() == io::ErrorKind::BrokenPipe && !status.success() => {}
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    Ok((status, said))
+}
+
+/// Streams the dump into `pg_restore --exit-on-error --dbname=URL`, plus `extra_args`.
+pub fn dump_to_pg_restore(
+    repo: &Repository,
+    manifest: &Manifest,
+    pg_restore: &[String],
+    url: &str,
+    extra_args: &[String],
+) -> Result<u64, RestoreError> {
+    let (program, prefix) = pg_restore
+        .split_first()
+        .ok_or_else(|| RestoreError::PgRestore("empty pg_restore command".into()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(prefix)
+        .arg("--exit-on-error")
+        .arg(format!("--dbname={url}"))
+        .args(extra_args)
+        .stdout(Stdio::inherit());
+    let (status, stderr) = stream_dump(repo, manifest, cmd, read_bounded)?;
+    if !status.success() {
         return Err(RestoreError::PgRestore(format!(
-            "exited with {}: {}",
-            output.status,
+            "exited with {status}: {}",
             stderr.trim()
         )));
     }
-    Ok(dump.size)
+    Ok(dump_of(manifest)?.size)
+}
+
+/// Longest file-name component Linux file systems hold (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// Mode of every restored file and directory, whatever the umask.
+pub const FILE_MODE: u32 = 0o600;
+pub const DIR_MODE: u32 = 0o700;
+
+fn errno_at(path: &Path) -> impl FnOnce(Errno) -> RestoreError + '_ {
+    move |e| RestoreError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+fn open_dir(dir: &OwnedFd, name: impl rustix::path::Arg) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// The directory one writer used last: consecutive objects in one directory (the usual
+/// case, keys come sorted) share its descriptor instead of walking the path again.
+#[derive(Default)]
+pub struct DirCache {
+    prefix: String,
+    fd: Option<OwnedFd>,
+}
+
+/// The one writer of restored files (`restore --objects-out` and the drill): a directory
+/// that was new or empty and is ours, entered by file descriptor, never through a link.
+pub struct Target {
+    path: PathBuf,
+    root: OwnedFd,
+    /// Beside the target (same file system, outside every name a key can form).
+    _staging: tempfile::TempDir,
+    staging: OwnedFd,
+    next: AtomicU64,
+}
+
+impl Target {
+    /// Creates `dir` (and missing parents, 0700), or takes it if it is an empty directory
+    /// of ours; anything else (a link, a file, a directory with entries, someone else's
+    /// directory, a mount point) is refused.
+    pub fn create(dir: &Path) -> Result<Target, RestoreError> {
+        let refuse = |reason: &str| RestoreError::Target {
+            path: dir.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let name = dir
+            .file_name()
+            .ok_or_else(|| refuse("has no final name (`..` or `/`)"))?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        durable::create_private_dir_all(parent).map_err(io_at(parent))?;
+        let parent_fd = rustix::fs::openat(
+            rustix::fs::CWD,
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno_at(parent))?;
+        let created = match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(DIR_MODE)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
+            Err(e) => return Err(errno_at(dir)(e)),
+        };
+        let root = match open_dir(&parent_fd, name) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                return Err(refuse(
+                    "is a symbolic link or not a directory; refusing to follow or replace it",
+                ))
+            }
+            Err(e) => return Err(errno_at(dir)(e)),
+        };
+        let st = rustix::fs::fstat(&root).map_err(errno_at(dir))?;
+        if !created {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if st.st_uid != unsafe { libc::geteuid() } {
+                return Err(refuse("belongs to another user"));
+            }
+            let mut entries = rustix::fs::Dir::read_from(&root).map_err(errno_at(dir))?;
+            let has_entries = entries.any(|e| {
+                e.map(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+                    .unwrap_or(true)
+            });
+            if has_entries {
+                return Err(refuse("is not empty"));
+            }
+        }
+        rustix::fs::fchmod(&root, Mode::from_raw_mode(DIR_MODE)).map_err(errno_at(dir))?;
+        let staging_dir = tempfile::Builder::new()
+            .prefix(".restore-staging-")
+            .permissions(fs::Permissions::from_mode(DIR_MODE))
+            .tempdir_in(parent)
+            .map_err(io_at(parent))?;
+        let staging = rustix::fs::openat(
+            rustix::fs::CWD,
+            staging_dir.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno_at(staging_dir.path()))?;
+        let staging_st = rustix::fs::fstat(&staging).map_err(errno_at(staging_dir.path()))?;
+        if staging_st.st_dev != st.st_dev {
+            return Err(refuse(
+                "is a mount point (files are staged beside it, on another file system); \
+                 restore into a directory below it",
+            ));
+        }
+        Ok(Target {
+            path: dir.to_path_buf(),
+            root,
+            _staging: staging_dir,
+            staging,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes one verified stream at `key` below the target; on any failure no file of
+    /// that name appears.
+    pub fn write(
+        &self,
+        cache: &mut DirCache,
+        repo: &Repository,
+        key: &str,
+        chunks: &[ChunkRef],
+        size: u64,
+        hash: ChunkId,
+    ) -> Result<(), RestoreError> {
+        let path = keys::safe_join(&self.path, key).map_err(RestoreError::UnsafeKey)?;
+        let parts: Vec<&str> = key.split('/').collect();
+        if let Some(long) = parts.iter().find(|p| p.len() > NAME_MAX) {
+            return Err(RestoreError::NameTooLong {
+                key: key.to_string(),
+                component: long.chars().take(40).collect(),
+                bytes: long.len(),
+            });
+        }
+        let (file_name, dirs) = parts.split_last().expect("a valid key has a component");
+        let prefix = &key[..key.len() - file_name.len()];
+        if cache.fd.is_none() || cache.prefix != prefix {
+            cache.fd = None;
+            cache.fd = Some(self.enter(dirs)?);
+            cache.prefix = prefix.to_string();
+        }
+        let dir = cache.fd.as_ref().expect("set above");
+        let staged = self.next.fetch_add(1, Ordering::Relaxed).to_string();
+        let result = (|| {
+            let fd = rustix::fs::openat(
+                &self.staging,
+                staged.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(FILE_MODE),
+            )
+            .map_err(errno_at(&path))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE)).map_err(errno_at(&path))?;
+            let mut file = File::from(fd);
+            let mut w = io::BufWriter::with_capacity(1 << 20, &mut file);
+            write_stream(repo, key, chunks, size, hash, &mut w)?;
+            w.flush().map_err(io_at(&path))?;
+            drop(w);
+            file.sync_all().map_err(io_at(&path))?;
+            match rustix::fs::linkat(
+                &self.staging,
+                staged.as_str(),
+                dir,
+                OsStr::new(file_name),
+                AtFlags::empty(),
+            ) {
+                Ok(()) => Ok(()),
+                Err(Errno::EXIST) => Err(RestoreError::Collision {
+                    path: path.clone(),
+                    reason: "exists already (another object of the snapshot has this name on \
+                             this file system); refusing to replace it"
+                        .into(),
+                }),
+                Err(e) => Err(errno_at(&path)(e)),
+            }
+        })();
+        let _ = rustix::fs::unlinkat(&self.staging, staged.as_str(), AtFlags::empty());
+        result
+    }
+
+    /// Opens (creating as needed, 0700) the directories `dirs` below the target, one
+    /// component at a time and never through a link.
+    fn enter(&self, dirs: &[&str]) -> Result<OwnedFd, RestoreError> {
+        let mut cur = open_dir(&self.root, ".").map_err(errno_at(&self.path))?;
+        let mut at = self.path.clone();
+        for d in dirs {
+            at.push(d);
+            let next = match open_dir(&cur, *d) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => {
+                    let made = match rustix::fs::mkdirat(&cur, *d, Mode::from_raw_mode(DIR_MODE)) {
+                        Ok(()) => true,
+                        Err(Errno::EXIST) => false,
+                        Err(e) => return Err(errno_at(&at)(e)),
+                    };
+                    let fd = open_dir(&cur, *d).map_err(errno_at(&at))?;
+                    if made {
+                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(DIR_MODE))
+                            .map_err(errno_at(&at))?;
+                    }
+                    fd
+                }
+                Err(Errno::LOOP | Errno::NOTDIR) => {
+                    return Err(RestoreError::Collision {
+                        path: at,
+                        reason: "is a file or a link, not a directory (another object of the \
+                                 snapshot has this name); refusing to follow it"
+                            .into(),
+                    })
+                }
+                Err(e) => return Err(errno_at(&at)(e)),
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
 }
 
 /// Totals of an object restore.
@@ -214,78 +515,73 @@ pub struct ObjectTotals {
     pub bytes: u64,
 }
 
+/// What an object restore did: totals of the objects restored and verified, and every
+/// object that was not, in manifest order.
+#[derive(Debug, Default)]
+pub struct ObjectsOutcome {
+    pub restored: ObjectTotals,
+    pub failures: Vec<(String, RestoreError)>,
+}
+
 /// Objects restored at the same time: reading, verifying and the per-file fsync of one
 /// object overlap with the others'.
 const RESTORE_PARALLEL: usize = 4;
 
-/// Restores every object to `dir/<key>`. Keys that would escape `dir` are refused (the
-/// others are still restored, and the call then fails naming the refused keys).
+/// Restores every object to `dir/<key>` through one [`Target`]. An object that cannot be
+/// restored (a key that would escape, a name the file system cannot hold, a collision, a
+/// missing or corrupt chunk) fails alone and is listed; `Err` only when the target itself
+/// is refused.
 pub fn objects_to_dir(
     repo: &Repository,
     manifest: &Manifest,
     dir: &Path,
-) -> Result<ObjectTotals, RestoreError> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+) -> Result<ObjectsOutcome, RestoreError> {
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
 
-    fs::create_dir_all(dir).map_err(io_at(dir))?;
-    let refused: Mutex<Vec<KeyError>> = Mutex::new(Vec::new());
+    let target = Target::create(dir)?;
     let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    // Each worker takes the next object until all are done or one failed.
-    let worker = || -> Result<ObjectTotals, RestoreError> {
+    let failures: Mutex<Vec<(usize, String, RestoreError)>> = Mutex::new(Vec::new());
+    let worker = || -> ObjectTotals {
         let mut totals = ObjectTotals::default();
-        while !failed.load(Ordering::Relaxed) {
-            let Some(o) = manifest.objects.get(next.fetch_add(1, Ordering::Relaxed)) else {
+        let mut cache = DirCache::default();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(o) = manifest.objects.get(i) else {
                 break;
             };
-            let path = match keys::safe_join(dir, &o.key) {
-                Ok(p) => p,
+            match target.write(&mut cache, repo, &o.key, &o.chunks, o.size, o.hash) {
+                Ok(()) => {
+                    totals.objects += 1;
+                    totals.bytes += o.size;
+                }
                 Err(e) => {
-                    tracing::error!(key = ?o.key, error = %e, "refusing unsafe object key");
-                    refused.lock().unwrap().push(e);
-                    continue;
+                    let error = backup_common::term::escape(&e.to_string()).into_owned();
+                    tracing::error!(key = ?o.key, error, "object not restored");
+                    failures.lock().unwrap().push((i, o.key.clone(), e));
                 }
-            };
-            let result = (|| {
-                if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent).map_err(io_at(parent))?;
-                }
-                write_file(repo, &o.key, &o.chunks, o.size, o.hash, &path)
-            })();
-            if let Err(e) = result {
-                failed.store(true, Ordering::Relaxed);
-                return Err(e);
             }
-            totals.objects += 1;
-            totals.bytes += o.size;
         }
-        Ok(totals)
+        totals
     };
-    let results: Vec<Result<ObjectTotals, RestoreError>> = std::thread::scope(|scope| {
+    let totals: Vec<ObjectTotals> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..RESTORE_PARALLEL).map(|_| scope.spawn(worker)).collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("restore worker panicked"))
             .collect()
     });
-    let mut totals = ObjectTotals::default();
-    for r in results {
-        let t = r?;
-        totals.objects += t.objects;
-        totals.bytes += t.bytes;
-    }
-    match refused.into_inner().unwrap().into_iter().next() {
-        None => Ok(totals),
-        Some(first) => Err(RestoreError::UnsafeKeys {
-            count: manifest
-                .objects
-                .iter()
-                .filter(|o| keys::validate(&o.key).is_err())
-                .count(),
-            first,
-        }),
-    }
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|(i, _, _)| *i);
+    Ok(ObjectsOutcome {
+        restored: totals
+            .iter()
+            .fold(ObjectTotals::default(), |a, t| ObjectTotals {
+                objects: a.objects + t.objects,
+                bytes: a.bytes + t.bytes,
+            }),
+        failures: failures.into_iter().map(|(_, k, e)| (k, e)).collect(),
+    })
 }
 
 /// Where `--objects-to-s3` uploads.

@@ -3,10 +3,18 @@
 //! so nothing else on the NAS can reach it and there is no port to race for), and
 //! tear-down (server stopped, directory removed) on [`Drop`].
 //!
-//! It must never touch a cluster it did not create. When run as root, `initdb` and
-//! `postgres` run as the `postgres` OS user (both refuse to run as root).
+//! A dump is untrusted code (functions called from indexes, views, triggers), so the
+//! processes that touch it, the server and `pg_restore`, are started by a [`Runner`]:
+//! when the drill runs as root they run as an unprivileged OS user (`[drill]
+//! sandbox_user`, default `postgres`) that the drill checks cannot read the repository,
+//! and, where the kernel allows, in a network namespace of their own with no interfaces
+//! (unix sockets still work). The SQL side is walled in by the drill: it restores as a
+//! role that is not a superuser.
+//!
+//! It must never touch a cluster it did not create.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,8 +24,8 @@ use tempfile::TempDir;
 
 /// Where PostgreSQL 15 lives when neither the configuration nor `pg_config` say otherwise.
 pub const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
-/// OS account the server runs as when the drill runs as root.
-const OS_USER: &str = "postgres";
+/// OS account the server runs as when the drill runs as root and none is configured.
+pub const DEFAULT_OS_USER: &str = "postgres";
 /// Superuser `initdb` creates.
 pub const SUPERUSER: &str = "postgres";
 /// Port number in the socket file name (`.s.PGSQL.<port>`); no TCP port is opened.
@@ -33,8 +41,10 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
-    #[error("running as root but there is no {OS_USER:?} OS user to run PostgreSQL as")]
-    NoOsUser,
+    #[error("running as root but there is no OS user {0:?} to run the sandbox as ([drill] sandbox_user; create it with `useradd --system --no-create-home --shell /usr/sbin/nologin {0}`)")]
+    NoOsUser(String),
+    #[error("the sandbox user {user:?} cannot reach {path} (every parent directory needs search permission for it, e.g. `chmod o+x`): the throwaway cluster lives there")]
+    Unreachable { user: String, path: PathBuf },
     #[error("initdb failed ({status}): {output}")]
     Initdb { status: String, output: String },
     #[error("the sandbox PostgreSQL did not start: {reason}\nserver log:\n{log}")]
@@ -62,49 +72,304 @@ pub fn bin_dir(configured: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR))
 }
 
+/// How the sandbox's network is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// A network namespace of its own (made as root before dropping to the OS user).
+    Namespace,
+    /// A user and network namespace of its own (made without privileges).
+    UserNamespace,
+    /// The host's network: the kernel refused both kinds of namespace.
+    Shared,
+}
+
+/// Starts the sandbox's processes: as whom, in which network, with which environment.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// Set when the drill runs as root: the account the sandbox drops to.
+    user: Option<OsUser>,
+    user_name: String,
+    network: Network,
+    /// Why no namespace could be made, when `network` is [`Network::Shared`].
+    network_refused: Option<String>,
+}
+
+impl Runner {
+    /// As root: the OS account `user`; otherwise the drill's own. The network: the first
+    /// kind of namespace the kernel grants (probed by running `postgres --version`).
+    /// `isolate_network` false keeps the host's network (a TCP sandbox server).
+    pub fn new(bin_dir: &Path, user: &str, isolate_network: bool) -> Result<Runner, SandboxError> {
+        let os_user = os_user(user)?;
+        let user_name = match os_user {
+            Some(_) => user.to_string(),
+            None => current_user_name(),
+        };
+        let mut runner = Runner {
+            user: os_user,
+            user_name,
+            network: Network::Shared,
+            network_refused: None,
+        };
+        if !isolate_network {
+            return Ok(runner);
+        }
+        if !bin_dir.join("postgres").is_file() {
+            return Err(SandboxError::Io {
+                what: format!(
+                    "no postgres in {} (set [drill] pg_bin_dir)",
+                    bin_dir.display()
+                ),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        let candidates: &[Network] = if os_user.is_some() {
+            &[Network::Namespace, Network::UserNamespace]
+        } else {
+            &[Network::UserNamespace]
+        };
+        let mut refused = Vec::new();
+        for &net in candidates {
+            runner.network = net;
+            let probe = runner
+                .command(&bin_dir.join("postgres"), Path::new("/"))
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            match probe {
+                Ok(st) if st.success() => return Ok(runner),
+                Ok(st) => refused.push(format!("{net:?}: postgres --version {st}")),
+                Err(e) => refused.push(format!("{net:?}: {e}")),
+            }
+        }
+        runner.network = Network::Shared;
+        runner.network_refused = Some(refused.join("; "));
+        Ok(runner)
+    }
+
+    /// The OS account sandbox processes run as.
+    pub fn user_name(&self) -> &str {
+        &self.user_name
+    }
+
+    /// Whether the sandbox runs as another account than the drill (only as root).
+    pub fn separate_user(&self) -> bool {
+        self.user.is_some()
+    }
+
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// Why the kernel refused every kind of network namespace, if it did.
+    pub fn network_refused(&self) -> Option<&str> {
+        self.network_refused.as_deref()
+    }
+
+    /// One line for the report.
+    pub fn describe_network(&self) -> String {
+        match (self.network, &self.network_refused) {
+            (Network::Namespace, _) => "none (a network namespace of its own)".into(),
+            (Network::UserNamespace, _) => "none (a user and network namespace of its own)".into(),
+            (Network::Shared, None) => "the host's (a sandbox server reached over TCP)".into(),
+            (Network::Shared, Some(why)) => {
+                format!("the host's: the kernel refused a network namespace ({why})")
+            }
+        }
+    }
+
+    /// Whether `path` is readable by the sandbox's account (every parent searchable, the
+    /// path itself readable), from the modes and owners on disk (ACLs are not read).
+    pub fn can_read(&self, path: &Path) -> bool {
+        let (uid, gid) = match self.user {
+            Some(u) => (u.uid, u.gid),
+            // SAFETY: getuid/getgid have no preconditions and cannot fail.
+            None => unsafe { (libc::getuid(), libc::getgid()) },
+        };
+        can_access(path, uid, gid, 0o4)
+    }
+
+    /// Whether the sandbox's account can search `dir` (and every parent).
+    pub fn can_enter(&self, dir: &Path) -> bool {
+        match self.user {
+            Some(u) => can_access(dir, u.uid, u.gid, 0o1),
+            None => true,
+        }
+    }
+
+    /// A command for `program` as the sandbox account, in the sandbox's network, with a
+    /// minimal environment (nothing of the drill's reaches it) and `home` as HOME and
+    /// working directory.
+    pub fn command(&self, program: &Path, home: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", home)
+            .env("USER", &self.user_name)
+            .env("LOGNAME", &self.user_name)
+            .env("LC_ALL", "C")
+            .current_dir(home);
+        let user = self.user;
+        let network = self.network;
+        // SAFETY: getuid/getgid have no preconditions and cannot fail.
+        let (uid, gid) = match user {
+            Some(u) => (u.uid, u.gid),
+            None => unsafe { (libc::getuid(), libc::getgid()) },
+        };
+        // Prepared here: the closure runs between fork and exec and must not allocate.
+        let uid_map = format!("{uid} {uid} 1\n").into_bytes();
+        let gid_map = format!("{gid} {gid} 1\n").into_bytes();
+        // SAFETY: the closure calls only async-signal-safe functions (unshare, setgroups,
+        // setgid, setuid, prctl, open, write, close) on data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if network == Network::Namespace && libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(u) = user {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(u.gid) != 0
+                        || libc::setuid(u.uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if network == Network::UserNamespace {
+                    // Dropping from root made the process undumpable, which would leave
+                    // /proc/self/*_map owned by root and unwritable for it.
+                    if user.is_some() && libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    write_proc(c"/proc/self/setgroups", b"deny")?;
+                    write_proc(c"/proc/self/uid_map", &uid_map)?;
+                    write_proc(c"/proc/self/gid_map", &gid_map)?;
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    fn chown(&self, path: &Path) -> Result<(), SandboxError> {
+        if let Some(u) = self.user {
+            std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)).map_err(io(format!(
+                "chown {} to {}",
+                path.display(),
+                self.user_name
+            )))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `data` to a /proc file; async-signal-safe (for `pre_exec`).
+fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: open/write/close on a NUL-terminated path and a live buffer.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `uid`/`gid` (no supplementary groups: the sandbox drops them) may search every
+/// parent of `path` and has `want` (4 read, 2 write, 1 search) on `path` itself.
+fn can_access(path: &Path, uid: u32, gid: u32, want: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let allowed = |p: &Path, bits: u32| -> bool {
+        let Ok(m) = std::fs::metadata(p) else {
+            return false;
+        };
+        let mode = m.mode();
+        let granted = if m.uid() == uid {
+            mode >> 6
+        } else if m.gid() == gid {
+            mode >> 3
+        } else {
+            mode
+        } & 0o7;
+        granted & bits == bits
+    };
+    path.ancestors().skip(1).all(|a| allowed(a, 0o1)) && allowed(&path, want)
+}
+
+fn current_user_name() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            format!("uid {}", unsafe { libc::getuid() })
+        })
+}
+
 /// A running throwaway cluster, reachable through [`SandboxPg::url`] only.
 pub struct SandboxPg {
     bin_dir: PathBuf,
+    runner: Runner,
     server: Option<Child>,
     /// Declared last so it is removed after the server has stopped.
     dir: TempDir,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct OsUser {
     uid: u32,
     gid: u32,
 }
 
 impl SandboxPg {
-    /// Creates and starts a cluster in a new directory below `scratch` (below `/tmp` when
-    /// running as root, so the `postgres` user can reach it whatever `scratch`'s modes).
-    pub async fn start(bin_dir: &Path, scratch: &Path) -> Result<SandboxPg, SandboxError> {
-        let owner = os_user()?;
-        let parent = if owner.is_some() {
-            PathBuf::from("/tmp")
-        } else {
-            scratch.to_path_buf()
-        };
-        std::fs::create_dir_all(&parent).map_err(io(format!("creating {}", parent.display())))?;
+    /// Creates and starts a cluster in a new directory below `scratch`, owned by the
+    /// sandbox's account, which must be able to reach `scratch`.
+    pub async fn start(
+        bin_dir: &Path,
+        scratch: &Path,
+        runner: &Runner,
+    ) -> Result<SandboxPg, SandboxError> {
+        std::fs::create_dir_all(scratch).map_err(io(format!("creating {}", scratch.display())))?;
+        if !runner.can_enter(scratch) {
+            return Err(SandboxError::Unreachable {
+                user: runner.user_name().to_string(),
+                path: scratch.to_path_buf(),
+            });
+        }
         let dir = tempfile::Builder::new()
-            .prefix("drill-pg-")
-            .tempdir_in(&parent)
+            .prefix("pg-")
+            .tempdir_in(scratch)
             .map_err(io(format!(
                 "creating a temporary directory in {}",
-                parent.display()
+                scratch.display()
             )))?;
-        if let Some(u) = owner {
-            std::os::unix::fs::chown(dir.path(), Some(u.uid), Some(u.gid))
-                .map_err(io(format!("chown {} to {OS_USER}", dir.path().display())))?;
-        }
+        // The socket lives here and trusts every local connection: only the sandbox's
+        // account (and root) may reach it, whatever the umask.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(io(format!("chmod 0700 {}", dir.path().display())))?;
+        runner.chown(dir.path())?;
         let mut pg = SandboxPg {
             bin_dir: bin_dir.to_path_buf(),
+            runner: runner.clone(),
             server: None,
             dir,
         };
-        pg.initdb(owner).await?;
-        pg.launch(owner).await?;
+        pg.initdb().await?;
+        pg.launch().await?;
         Ok(pg)
     }
 
@@ -123,29 +388,27 @@ impl SandboxPg {
 
     /// libpq connection string for database `db` as the superuser, over the socket.
     pub fn url(&self, db: &str) -> String {
+        self.url_as(SUPERUSER, db)
+    }
+
+    /// libpq connection string for database `db` as role `user`, over the socket.
+    pub fn url_as(&self, user: &str, db: &str) -> String {
         format!(
-            "host={} port={SOCKET_PORT} user={SUPERUSER} dbname={}",
+            "host={} port={SOCKET_PORT} user={} dbname={}",
             kv_quote(&self.socket_dir().display().to_string()),
+            kv_quote(user),
             kv_quote(db)
         )
     }
 
-    fn command(&self, tool: &str, owner: Option<OsUser>) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(tool));
-        if let Some(u) = owner {
-            // HOME etc. would otherwise still point at root's (unreadable) home.
-            cmd.uid(u.uid)
-                .gid(u.gid)
-                .env("HOME", "/tmp")
-                .env("USER", OS_USER)
-                .env("LOGNAME", OS_USER);
-        }
-        cmd.current_dir(self.dir.path());
-        cmd
+    /// A command for PostgreSQL tool `tool`, run in the sandbox.
+    pub fn command(&self, tool: &str) -> Command {
+        self.runner
+            .command(&self.bin_dir.join(tool), self.dir.path())
     }
 
-    async fn initdb(&self, owner: Option<OsUser>) -> Result<(), SandboxError> {
-        let mut cmd = self.command("initdb", owner);
+    async fn initdb(&self) -> Result<(), SandboxError> {
+        let mut cmd = self.command("initdb");
         cmd.arg("-D").arg(self.data_dir()).args([
             "-U",
             SUPERUSER,
@@ -179,14 +442,11 @@ impl SandboxPg {
         Ok(())
     }
 
-    async fn launch(&mut self, owner: Option<OsUser>) -> Result<(), SandboxError> {
+    async fn launch(&mut self) -> Result<(), SandboxError> {
         let log = File::create(self.log_path()).map_err(io("creating the server log"))?;
-        if let Some(u) = owner {
-            std::os::unix::fs::chown(self.log_path(), Some(u.uid), Some(u.gid))
-                .map_err(io("chown of the server log"))?;
-        }
+        self.runner.chown(&self.log_path())?;
         let log2 = log.try_clone().map_err(io("duplicating the log handle"))?;
-        let mut cmd = self.command("postgres", owner);
+        let mut cmd = self.command("postgres");
         cmd.arg("-D")
             .arg(self.data_dir())
             .arg("-p")
@@ -284,27 +544,63 @@ pub fn kv_quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// The account to run PostgreSQL as: `Some` when we are root, `None` to run as ourselves.
-fn os_user() -> Result<Option<OsUser>, SandboxError> {
+/// The account to run the sandbox as: `Some` when we are root, `None` to run as ourselves.
+fn os_user(name: &str) -> Result<Option<OsUser>, SandboxError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
     }
     let id = |flag: &str| -> Result<u32, SandboxError> {
         let out = Command::new("id")
-            .args([flag, OS_USER])
+            .args([flag, "--", name])
             .output()
-            .map_err(io(format!("running id {flag} {OS_USER}")))?;
+            .map_err(io(format!("running id {flag} {name}")))?;
         if !out.status.success() {
-            return Err(SandboxError::NoOsUser);
+            return Err(SandboxError::NoOsUser(name.to_string()));
         }
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .map_err(|_| SandboxError::NoOsUser)
+            .map_err(|_| SandboxError::NoOsUser(name.to_string()))
     };
-    Ok(Some(OsUser {
+    let user = OsUser {
         uid: id("-u")?,
         gid: id("-g")?,
-    }))
+    };
+    if user.uid == 0 {
+        return Err(SandboxError::NoOsUser(format!("{name} (uid 0 is root)")));
+    }
+    Ok(Some(user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn access_follows_owner_group_other_and_every_parent() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let f = sub.join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let (uid, gid) = (4_000_123, 4_000_123); // nobody's
+        set(d.path(), 0o755);
+        set(&sub, 0o755);
+        set(&f, 0o444);
+        assert!(can_access(&f, uid, gid, 0o4));
+        set(&f, 0o400);
+        assert!(!can_access(&f, uid, gid, 0o4));
+        set(&f, 0o444);
+        set(&sub, 0o700);
+        assert!(!can_access(&f, uid, gid, 0o4), "a parent it cannot search");
+        set(&sub, 0o711);
+        assert!(can_access(&f, uid, gid, 0o4));
+        assert!(!can_access(&sub, uid, gid, 0o4), "0711: search, not list");
+        assert!(!can_access(&d.path().join("missing"), uid, gid, 0o4));
+    }
 }

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use backup_common::manifest::Manifest;
+use backup_common::term::escape;
 
 use crate::repository::Repository;
 use crate::verdicts;
@@ -68,8 +69,8 @@ fn flags(r: &SnapshotRow) -> String {
     let mut f = Vec::new();
     match (r.status, &r.suspect) {
         ("rejected", _) => f.push("REJECTED".to_string()),
-        ("suspect", Some(s)) => f.push(format!("SUSPECT: {s}")),
-        ("acknowledged", Some(s)) => f.push(format!("acknowledged (was suspect: {s})")),
+        ("suspect", Some(s)) => f.push(format!("SUSPECT: {}", escape(s))),
+        ("acknowledged", Some(s)) => f.push(format!("acknowledged (was suspect: {})", escape(s))),
         _ => {}
     }
     if r.drilled {
@@ -105,7 +106,7 @@ pub fn table(rows: &[SnapshotRow]) -> String {
     for r in rows {
         out.push_str(&format!(
             "{:<22} {:<21} {:>10} {:>8} {:>10} {:>10}  {}\n",
-            r.id,
+            escape(&r.id),
             r.time,
             human_bytes(r.dump_bytes),
             r.object_count,

@@ -69,7 +69,7 @@ pub fn move_to_trash(
     now: DateTime<Utc>,
 ) -> Result<PathBuf, RepoError> {
     let trash = repo.trash_dir();
-    fs::create_dir_all(&trash).map_err(io_err(&trash))?;
+    durable::create_private_dir_all(&trash).map_err(io_err(&trash))?;
     let from = repo.snapshots_dir().join(format!("{id}.json"));
     let to = trash.join(entry_name(id, now));
     if to.exists() {
@@ -165,7 +165,7 @@ pub fn undelete(repo: &Repository, id: &str) -> Result<TrashEntry, UndeleteError
         .max_by_key(|e| e.pruned_at)
         .ok_or_else(|| UndeleteError::NotInTrash(id.to_string()))?;
     let holds = repo.holds_dir();
-    fs::create_dir_all(&holds).map_err(io_err(&holds))?;
+    durable::create_private_dir_all(&holds).map_err(io_err(&holds))?;
     let hold =
         serde_json::json!({ "snapshot": id, "reason": "undeleted", "pruned_at": entry.pruned_at });
     durable::write_once(

@@ -155,7 +155,7 @@ pub fn not_good_because(repo: &Repository, manifest: &Manifest) -> Option<String
 
 fn write(repo: &Repository, kind: Kind, record: &Ack) -> Result<Published, AckError> {
     let dir = repo.root().join(kind.dir());
-    std::fs::create_dir_all(&dir).map_err(|source| AckError::Io {
+    durable::create_private_dir_all(&dir).map_err(|source| AckError::Io {
         path: dir.clone(),
         source,
     })?;

@@ -107,7 +107,7 @@ impl VerifyReport {
 /// Moves a chunk file to `quarantine/<hex>` (or `<hex>.N` if that name is taken).
 pub fn quarantine(repo: &Repository, id: &ChunkId) -> Result<PathBuf, RepoError> {
     let dir = repo.quarantine_dir();
-    fs::create_dir_all(&dir).map_err(|source| RepoError::Io {
+    durable::create_private_dir_all(&dir).map_err(|source| RepoError::Io {
         path: dir.clone(),
         source,
     })?;

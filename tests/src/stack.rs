@@ -244,6 +244,13 @@ impl Stack {
         receiver_env: &[(&str, &str)],
     ) -> Result<Stack> {
         let dir = tempfile::tempdir()?;
+        // Private like the NAS's /etc/familienarchiv-backup and repository (tempfile's
+        // default follows the umask): the drill refuses a sandbox user that could read
+        // the config, the key or the repository.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
         let (pg, s3) = tokio::try_join!(cluster, S3Server::start())?;
         pg.create_db(DATABASE).await?;
         seed_database(&pg).await?;

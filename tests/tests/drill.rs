@@ -126,6 +126,16 @@ async fn healthy_snapshot_passes_and_a_tampered_row_count_fails_naming_the_table
         .to_string();
 
     let (hc_url, pings) = healthcheck_server();
+    // As deploy/ sets it up: the sandbox's OS user may pass through, not list.
+    let scratch_dir = tempfile::Builder::new()
+        .prefix("drill-scratch-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        scratch_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     let config = config_with(
         &stack,
         "drill.toml",
@@ -137,7 +147,7 @@ sanity_queries = [
     {{ name = "documents", sql = "SELECT count(*) >= 1 FROM dokumente" }},
     {{ name = "every document has a person", sql = "SELECT bool_and(person_id IS NOT NULL) FROM dokumente" }},
 ]"#,
-            scratch = stack.dir.path().join("scratch").display()
+            scratch = scratch_dir.path().display()
         ),
     );
     let config = config.to_str().unwrap();
@@ -176,9 +186,7 @@ sanity_queries = [
         assert!(steps.contains(&step), "{steps:?}");
     }
     // The sandbox is gone: nothing is left in the scratch directory.
-    let left: Vec<_> = std::fs::read_dir(stack.dir.path().join("scratch"))
-        .unwrap()
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(scratch_dir.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
     {
         let p = pings.lock().unwrap();

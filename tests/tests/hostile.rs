@@ -163,7 +163,7 @@ async fn stored_chunks_manifests_and_acks_are_read_only() {
     let stored = Stored::capture(stack.repo());
     assert!(stored.0.len() > 3, "{stored:?}");
     for (path, (mode, _)) in &stored.0 {
-        assert_eq!(*mode, 0o444, "{}", path.display());
+        assert_eq!(*mode, 0o400, "{}", path.display());
     }
     baseline.assert_intact(&stack);
 }
@@ -400,7 +400,7 @@ async fn operator_ack_makes_a_suspect_snapshot_the_new_baseline() {
     assert_eq!(ack["note"], "bucket emptied on purpose");
     assert!(ack["time"].is_string());
     let mode = std::fs::metadata(&ack_path).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o444);
+    assert_eq!(mode & 0o777, 0o400);
     let out = receiver_cli(&["ack", &suspect.snapshot_id, "--repo", repo_arg]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("already acknowledged"));
     assert!(audit(stack.repo())
