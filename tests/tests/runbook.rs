@@ -104,12 +104,22 @@ fn fixture_objects() -> BTreeMap<String, Vec<u8>> {
     .collect()
 }
 
-/// receiver.toml of the stack plus a `[drill]` section with a scratch directory.
-fn drill_config(stack: &Stack) -> PathBuf {
+/// receiver.toml of the stack plus a `[drill]` section with a scratch directory that the
+/// drill's sandbox user may pass through (0711 in /tmp, as deploy/ sets it up; the stack's
+/// own directory is private). The directory lives as long as the returned guard.
+fn drill_config(stack: &Stack) -> (PathBuf, tempfile::TempDir) {
     let base = std::fs::read_to_string(&stack.receiver.config).unwrap();
     let path = stack.dir.path().join("receiver-drill.toml");
-    let scratch = stack.dir.path().join("drill-scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
+    let scratch_dir = tempfile::Builder::new()
+        .prefix("drill-scratch-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        scratch_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let scratch = scratch_dir.path().to_path_buf();
     std::fs::write(
         &path,
         format!(
@@ -118,7 +128,7 @@ fn drill_config(stack: &Stack) -> PathBuf {
         ),
     )
     .unwrap();
-    path
+    (path, scratch_dir)
 }
 
 fn line_after<'a>(text: &'a str, prefix: &str) -> &'a str {
@@ -214,7 +224,7 @@ async fn rollback_and_drill_runbooks_work_as_written() {
     assert!(suspect["suspect"].is_string(), "{rows:#?}");
 
     // ---- §6: the quarterly drill, as the timer runs it, through drill.sh. -------------
-    let config = drill_config(&stack);
+    let (config, _scratch) = drill_config(&stack);
     let reports = stack.dir.path().join("drill-reports");
     let drill_env = vec![
         clock_env.clone(),
