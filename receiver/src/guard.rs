@@ -151,6 +151,12 @@ fn compare(thresholds: &Guard, prev: &Manifest, snapshot: &Manifest, reasons: &m
         None => Some(&no_rows),
         Some(_) => measured_rows(snapshot),
     };
+    if measured_rows(prev).is_some() && now_rows.is_none() {
+        // Rows that could be counted last time and cannot now: the dump changed its form
+        // (compression, trailing bytes), which is how a dump would hide a mass deletion.
+        reasons
+            .push("the previous dump's rows were counted, this dump's rows cannot be".to_string());
+    }
     if let (Some(before_rows), Some(now_rows)) = (measured_rows(prev), now_rows) {
         let mut tables = Vec::new();
         for (table, &before) in before_rows {
@@ -335,5 +341,17 @@ mod tests {
         let r = assess(&Guard::default(), None, &lying).unwrap();
         assert_eq!(r.matches("the sender claims 99 rows").count(), TABLES_NAMED);
         assert!(r.ends_with("and 15 more table(s)"), "{r}");
+    }
+
+    #[test]
+    fn a_dump_whose_rows_can_no_longer_be_counted_is_suspect() {
+        let prev = snap("a", 100, 1000, 500, &[("public.t", 10)]);
+        let mut now = snap("b", 100, 1000, 500, &[("public.t", 10)]);
+        if let Some(d) = now.measured.as_mut().unwrap().dump.as_mut() {
+            d.row_counts = None;
+            d.row_counts_unmeasured = Some("its compression is not zlib".into());
+        }
+        let r = assess(&Guard::default(), Some(&prev), &now).unwrap();
+        assert!(r.contains("this dump's rows cannot be"), "{r}");
     }
 }

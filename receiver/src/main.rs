@@ -172,7 +172,8 @@ struct RestoreArgs {
     snapshot: String,
     #[arg(long)]
     repo: PathBuf,
-    /// Allow restoring a snapshot that is suspect or rejected (named by its id).
+    /// Let `latest` mean the newest snapshot whatever its status. (A snapshot named by
+    /// its id is restored whatever its status, with a warning when it is not good.)
     #[arg(long)]
     allow_suspect: bool,
     /// Write the exact database dump file here (must not exist, not even as a link).
@@ -533,7 +534,13 @@ async fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
         anyhow::bail!("nothing to restore to: give --dump-out, --objects-out, --pg-restore or --objects-to-s3");
     }
     let repo = Repository::open(&args.repo)?;
-    let manifest = repo.resolve(&args.snapshot, args.allow_suspect)?;
+    // Naming an id is the operator's choice (warned about below); `latest` is the newest
+    // good snapshot unless --allow-suspect.
+    let manifest = if args.snapshot == "latest" && args.allow_suspect {
+        repo.resolve_any("latest")?
+    } else {
+        repo.resolve(&args.snapshot, true)?
+    };
     eprintln!(
         "restoring snapshot {} ({}, {} objects)",
         escape(&manifest.id),
@@ -671,7 +678,7 @@ fn describe_choice(repo: &Repository, asked: &str, chosen: &backup_common::manif
             chosen.id
         );
     }
-    if asked == "latest" {
+    if asked == "latest" && verdicts::is_good(repo, chosen) {
         let newer: Vec<String> = repo
             .snapshot_ids()
             .unwrap_or_default()

@@ -30,6 +30,10 @@ pub struct SnapshotRow {
 impl SnapshotRow {
     /// The row with the operator's and the drill's verdicts from `repo`.
     pub fn with_verdicts(mut self, repo: &Repository) -> Self {
+        let contested = verdicts::is_contested(repo, &self.id);
+        if contested && self.suspect.is_none() {
+            self.suspect = Some("contested: another commit of its day was refused".into());
+        }
         self.status = if verdicts::is_rejected(repo, &self.id) {
             "rejected"
         } else if self.suspect.is_none() {

@@ -7,6 +7,10 @@
 //! REPO/rejects/<id>.json   rejected: out of every decision (delta base, baseline, latest,
 //!                          retention slots); kept on disk for forensics until retention
 //! REPO/drills/<id>.json    the newest such snapshot is kept by retention ("drilled")
+//! REPO/contested/<id>.json written by the receiver itself when a later commit of the same
+//!                          day was refused by `limits.max_snapshots_per_day`: one of the
+//!                          two was not the nightly job, and the receiver cannot tell
+//!                          which, so the earlier one counts as suspect until acknowledged
 //! ```
 //!
 //! The contract other modules rely on: a snapshot is *good* iff it is not rejected and
@@ -28,6 +32,7 @@ pub enum Kind {
     Ack,
     Reject,
     DrillPassed,
+    Contested,
 }
 
 impl Kind {
@@ -36,6 +41,7 @@ impl Kind {
             Kind::Ack => "acks",
             Kind::Reject => "rejects",
             Kind::DrillPassed => "drills",
+            Kind::Contested => "contested",
         }
     }
 }
@@ -120,6 +126,11 @@ pub fn is_rejected(repo: &Repository, snapshot_id: &str) -> bool {
     exists(repo, Kind::Reject, snapshot_id)
 }
 
+/// Whether a refused second commit of its day contested snapshot `snapshot_id`.
+pub fn is_contested(repo: &Repository, snapshot_id: &str) -> bool {
+    exists(repo, Kind::Contested, snapshot_id)
+}
+
 /// Whether a drill passed on snapshot `snapshot_id`.
 pub fn drill_passed(repo: &Repository, snapshot_id: &str) -> bool {
     exists(repo, Kind::DrillPassed, snapshot_id)
@@ -128,15 +139,17 @@ pub fn drill_passed(repo: &Repository, snapshot_id: &str) -> bool {
 /// Flagged by the guard and not acknowledged (a rejected snapshot is not "suspect": it is
 /// out of every decision, including the pin a suspect one holds).
 pub fn is_suspect(repo: &Repository, manifest: &Manifest) -> bool {
-    manifest.suspect.is_some()
+    (manifest.suspect.is_some() || is_contested(repo, &manifest.id))
         && !is_acknowledged(repo, &manifest.id)
         && !is_rejected(repo, &manifest.id)
 }
 
-/// Counts as good: not rejected, and not flagged or acknowledged.
+/// Counts as good: not rejected, and not flagged (by the guard or a contested day) or
+/// acknowledged.
 pub fn is_good(repo: &Repository, manifest: &Manifest) -> bool {
     !is_rejected(repo, &manifest.id)
-        && (manifest.suspect.is_none() || is_acknowledged(repo, &manifest.id))
+        && ((manifest.suspect.is_none() && !is_contested(repo, &manifest.id))
+            || is_acknowledged(repo, &manifest.id))
 }
 
 /// Why a snapshot is not good, for a message; `None` when it is good.
@@ -145,10 +158,10 @@ pub fn not_good_because(repo: &Repository, manifest: &Manifest) -> Option<String
         return Some("rejected by an operator".into());
     }
     if is_suspect(repo, manifest) {
-        return Some(format!(
-            "suspect ({})",
-            manifest.suspect.as_deref().unwrap_or_default()
-        ));
+        return Some(match &manifest.suspect {
+            Some(why) => format!("suspect ({why})"),
+            None => "suspect (contested: another commit of its day was refused)".into(),
+        });
     }
     None
 }
@@ -178,7 +191,7 @@ pub fn acknowledge(
     if is_rejected(repo, &manifest.id) {
         return Err(AckError::Rejected(manifest.id));
     }
-    if manifest.suspect.is_none() {
+    if manifest.suspect.is_none() && !is_contested(repo, &manifest.id) {
         return Err(AckError::NotSuspect(manifest.id));
     }
     let ack = Ack {
@@ -225,6 +238,22 @@ pub fn reject(
             reject_path(repo, &manifest.id),
         )),
     }
+}
+
+/// Marks `snapshot_id` contested (a second commit of its day was refused), write-once.
+pub fn contest(
+    repo: &Repository,
+    snapshot_id: &str,
+    note: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AckError> {
+    let record = Ack {
+        snapshot: snapshot_id.to_string(),
+        time: now,
+        operator: "receiver".into(),
+        note: Some(note.to_string()),
+    };
+    write(repo, Kind::Contested, &record).map(drop)
 }
 
 /// Records that a drill passed on `snapshot_id` (a second pass keeps the first record).

@@ -244,6 +244,18 @@ async fn junk_after_the_honest_night_takes_no_slot_and_the_day_allows_one_commit
         "1 snapshot(s) were already committed today (2031-03-05 in Europe/Berlin",
     );
 
+    // The refused commit contests the day: the honest night counts as suspect (kept, and
+    // no delta base) until the operator, who was paged, acknowledges it.
+    let r = repo(&stack);
+    let honest = r.load_manifest(baseline.first()).unwrap();
+    assert!(!backup_receiver::verdicts::is_good(&r, &honest));
+    let out = cli(
+        &stack,
+        &["ack", baseline.first(), "--note", "our nightly run"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(backup_receiver::verdicts::is_good(&r, &honest));
+
     // Where an operator allows more commits a day, the junk is suspect: its copied row
     // counts are claims the dump's own table data contradicts, and it takes no slot.
     drop(c);
@@ -502,7 +514,8 @@ async fn restore_and_drill_latest_pick_the_newest_good_snapshot() {
         "{}",
         text(&r)
     );
-    // By its id, a suspect snapshot needs --allow-suspect, and says so when used.
+    // By its id, or as `latest --allow-suspect`, a suspect snapshot is restored with a
+    // warning that says what it is.
     let named = out_dir.path().join("named.dump");
     let r = cli(
         &stack,
@@ -513,25 +526,28 @@ async fn restore_and_drill_latest_pick_the_newest_good_snapshot() {
             named.to_str().unwrap(),
         ],
     );
-    assert!(!r.status.success());
+    assert!(r.status.success(), "{}", text(&r));
     assert!(
-        text(&r).contains(&format!("snapshot {} is suspect (", suspect.snapshot_id))
-            && text(&r).contains("--allow-suspect"),
+        text(&r).contains(&format!(
+            "WARNING: snapshot {} is suspect (",
+            suspect.snapshot_id
+        )),
         "{}",
         text(&r)
     );
-    assert!(!named.exists());
+    let any = out_dir.path().join("any.dump");
     let r = cli(
         &stack,
         &[
             "restore",
-            &suspect.snapshot_id,
+            "latest",
             "--allow-suspect",
             "--dump-out",
-            named.to_str().unwrap(),
+            any.to_str().unwrap(),
         ],
     );
     assert!(r.status.success(), "{}", text(&r));
+    assert!(std::fs::read(&any).unwrap() == std::fs::read(&named).unwrap());
     assert!(text(&r).contains("WARNING: snapshot"), "{}", text(&r));
     // The drill picks the same good snapshot and records its pass for retention.
     let drill = cli(&stack, &["drill", "--json"]);
@@ -732,4 +748,116 @@ async fn a_poisoned_format_1_base_heals_on_the_next_night() {
         Some(honest.as_str())
     );
     baseline.assert_intact(&stack);
+}
+
+// --------------------- 1c. a junk entry with the bucket's real ETag, before the honest night
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_before_the_honest_night_is_contested_and_never_copied() {
+    // One commit a day (Europe/Berlin). Day 1, 02:30: the honest night.
+    let clock_dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(clock_dir.path(), at("2031-03-04T01:30:00Z"));
+    backup_common::tls::install_crypto_provider();
+    let stack = Stack::start_with("[limits]\nmax_snapshots_per_day = 1\n", &[clock.env()])
+        .await
+        .unwrap();
+    let mut objects = archive();
+    for (k, v) in &objects {
+        stack.s3.put(BUCKET, k, v.clone()).await.unwrap();
+    }
+    let mut baseline = Baseline::default();
+    baseline.record(&stack, objects.clone());
+
+    // In the evening a new scan is uploaded. The attacker, who holds the bucket's keys as
+    // well, reads its size and ETag and, just after midnight, commits the previous list
+    // plus that entry with the real size and ETag but junk bytes.
+    let scan = noise(600_000, 71);
+    stack
+        .s3
+        .put(BUCKET, "briefe/neu.pdf", scan.clone())
+        .await
+        .unwrap();
+    objects.insert("briefe/neu.pdf".into(), scan.clone());
+    let listed = stack.s3.list(BUCKET).await.unwrap();
+    let (_, size, etag) = listed
+        .iter()
+        .find(|(k, _, _)| k == "briefe/neu.pdf")
+        .unwrap();
+    clock.set(at("2031-03-04T23:30:00Z")); // 00:30 in Berlin, day 2
+    let mut c = sender_client(&stack).await;
+    let session = begin(&mut c).await.unwrap();
+    let mut entries = previous(&mut c, &session).await;
+    let junk = noise(*size as usize, 72);
+    let r = put_data(&mut c, &session, &junk).await.unwrap();
+    let mut forged = object("briefe/neu.pdf", &junk, vec![r]);
+    forged.etag = etag.clone();
+    entries.push(forged);
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    let d = fake_dump(40_000, 7);
+    let rd = put_data(&mut c, &session, &d).await.unwrap();
+    let attack = commit(
+        &mut c,
+        header(
+            &session,
+            Some(dump(&d, vec![rd], &[])),
+            entries.len() as u64,
+        ),
+        vec![entries],
+    )
+    .await
+    .unwrap();
+    drop(c);
+
+    // Day 2, 02:30: the honest night is refused (the day has its commit), which pages the
+    // operator, and makes the day's earlier snapshot contested: no longer good.
+    clock.set(at("2031-03-05T01:30:00Z"));
+    let refused = stack.run_sender();
+    assert_ne!(refused.code(), Some(0), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("max_snapshots_per_day"),
+        "{}",
+        refused.stderr()
+    );
+    let r = repo(&stack);
+    assert!(!backup_receiver::verdicts::is_good(
+        &r,
+        &r.load_manifest(&attack.snapshot_id).unwrap()
+    ));
+    assert!(audit(stack.repo())
+        .iter()
+        .any(|a| a["event"] == "contested" && a["snapshots"][0] == attack.snapshot_id.as_str()));
+    let listing: serde_json::Value =
+        serde_json::from_slice(&cli(&stack, &["snapshots", "--json"]).stdout).unwrap();
+    let row = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == attack.snapshot_id.as_str())
+        .unwrap();
+    assert_eq!(row["status"], "suspect");
+
+    // Day 3: the honest night's delta base is day 1, so it reads the new scan itself; the
+    // junk is never copied, and every honest snapshot restores byte for byte.
+    clock.set(at("2031-03-06T01:30:00Z"));
+    let honest = baseline.record(&stack, objects);
+    let m = r.load_manifest(&honest).unwrap();
+    assert_eq!(m.suspect, None);
+    assert_eq!(
+        m.measured.unwrap().delta_base.as_deref(),
+        Some(baseline.first())
+    );
+    baseline.assert_intact(&stack);
+    let plan = text(&cli(&stack, &["prune", "--dry-run"]));
+    let line = plan
+        .lines()
+        .find(|l| l.starts_with(&attack.snapshot_id))
+        .unwrap();
+    assert!(line.contains("suspect"), "{plan}");
+    assert!(
+        plan.lines()
+            .find(|l| l.starts_with(baseline.first()))
+            .unwrap()
+            .contains("keep:"),
+        "{plan}"
+    );
 }

@@ -23,7 +23,11 @@ const BLK_BLOBS: u8 = 3;
 const MAX_TOC_BYTES: usize = 64 * 1024 * 1024;
 /// Decompressed table data counted per compressed byte before the counting gives up (a
 /// "zlib bomb" costs no more than this); COPY text compresses far less.
-const MAX_EXPANSION: u64 = 200;
+const MAX_EXPANSION: u64 = 50;
+/// And never more than this in all, however large the dump.
+const MAX_INFLATED: u64 = 16 << 30;
+/// Inflated bytes handled per call into zlib.
+const OUT_BUF: usize = 256 * 1024;
 /// What pg_dump writes after a table's COPY rows: the end marker and two empty lines.
 const COPY_END: &[u8] = b"\\.\n\n\n";
 
@@ -242,6 +246,10 @@ pub struct DumpReader {
     rows: BTreeMap<String, u64>,
     /// The last bytes of the current table's COPY data, to find its end marker.
     tail: Vec<u8>,
+    /// Output buffer for zlib, kept across pieces.
+    out: Vec<u8>,
+    /// Buffered length at which an incomplete TOC is parsed again.
+    toc_retry_at: usize,
     compressed: u64,
     expanded: u64,
     /// Why rows cannot be counted (the archive itself may still be fine).
@@ -263,6 +271,8 @@ impl DumpReader {
             inflate: None,
             rows: BTreeMap::new(),
             tail: Vec::new(),
+            out: Vec::new(),
+            toc_retry_at: 0,
             compressed: 0,
             expanded: 0,
             uncounted: None,
@@ -273,19 +283,24 @@ impl DumpReader {
         if matches!(self.state, State::Failed(_)) {
             return;
         }
-        self.buf.extend_from_slice(bytes);
-        let used = self.advance();
-        self.buf.drain(..used);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.extend_from_slice(bytes);
+        let used = self.advance(&buf);
+        buf.drain(..used);
+        self.buf = buf;
     }
 
-    /// Parses as far as the buffer allows; returns how many bytes it consumed.
-    fn advance(&mut self) -> usize {
+    /// Parses as far as `buf` allows; returns how many bytes it consumed.
+    fn advance(&mut self, buf: &[u8]) -> usize {
         let mut pos = 0;
         loop {
-            let rest = &self.buf[pos..];
+            let rest = &buf[pos..];
             let state = std::mem::replace(&mut self.state, State::BlockStart);
             let (next, used) = match state {
                 State::Failed(e) => (State::Failed(e), 0),
+                // An incomplete TOC is parsed again only once the buffer doubled, so a
+                // long one fed in small pieces costs linear, not quadratic, time.
+                State::Toc if rest.len() < self.toc_retry_at => (State::Toc, 0),
                 State::Toc => match parse_toc(rest) {
                     Parsed::Done(toc) => {
                         let len = toc.len;
@@ -302,7 +317,10 @@ impl DumpReader {
                         State::Failed(format!("TOC longer than {MAX_TOC_BYTES} bytes")),
                         0,
                     ),
-                    Parsed::NeedMore => (State::Toc, 0),
+                    Parsed::NeedMore => {
+                        self.toc_retry_at = rest.len() * 2;
+                        (State::Toc, 0)
+                    }
                     Parsed::Bad(e) => (State::Failed(e), 0),
                 },
                 State::BlockStart => {
@@ -369,8 +387,7 @@ impl DumpReader {
                         (State::Piece { table, left }, 0)
                     } else {
                         if let Some(t) = &table {
-                            let piece = self.buf[pos..pos + n].to_vec();
-                            self.count_rows(t, &piece);
+                            self.count_rows(t, &buf[pos..pos + n]);
                         }
                         let next = if n == left {
                             State::PieceLen { table }
@@ -424,43 +441,80 @@ impl DumpReader {
         }
         self.compressed += piece.len() as u64;
         let zlib = self.toc.as_ref().and_then(|t| t.zlib) == Some(true);
-        let mut lines = 0u64;
-        if !zlib {
-            lines = piece.iter().filter(|&&b| b == b'\n').count() as u64;
-            keep_tail(&mut self.tail, piece);
-        } else {
-            let inflate = self.inflate.as_mut().expect("set at block start");
-            let mut input = piece;
-            let mut out = vec![0u8; 256 * 1024];
-            while !input.is_empty() {
-                let before = (inflate.total_in(), inflate.total_out());
-                if let Err(e) = inflate.decompress(input, &mut out, flate2::FlushDecompress::None) {
-                    self.uncounted = Some(format!("table data of {table} does not inflate: {e}"));
-                    return;
-                }
-                let consumed = (inflate.total_in() - before.0) as usize;
-                let produced = (inflate.total_out() - before.1) as usize;
-                lines += out[..produced].iter().filter(|&&b| b == b'\n').count() as u64;
-                keep_tail(&mut self.tail, &out[..produced]);
-                self.expanded += produced as u64;
-                input = &input[consumed..];
-                if consumed == 0 && produced == 0 {
-                    break;
-                }
-                if self.expanded > MAX_EXPANSION * self.compressed.max(1 << 20) {
-                    self.uncounted = Some(format!(
-                        "its table data expands more than {MAX_EXPANSION}-fold"
-                    ));
+        let lines = if zlib {
+            let mut out = std::mem::take(&mut self.out);
+            out.resize(OUT_BUF, 0);
+            let counted = self.inflate_lines(table, piece, &mut out);
+            self.out = out;
+            match counted {
+                Ok(n) => n,
+                Err(why) => {
+                    self.uncounted = Some(why);
                     return;
                 }
             }
+        } else {
+            keep_tail(&mut self.tail, piece);
+            piece.iter().filter(|&&b| b == b'\n').count() as u64
+        };
+        if let Some(n) = self.rows.get_mut(table) {
+            *n += lines;
         }
-        *self.rows.entry(table.to_string()).or_default() += lines;
+    }
+
+    /// Inflates one piece of a table's zlib stream through `out`, counting newlines.
+    fn inflate_lines(&mut self, table: &str, piece: &[u8], out: &mut [u8]) -> Result<u64, String> {
+        let inflate = self.inflate.as_mut().expect("set at block start");
+        let mut input = piece;
+        let mut lines = 0u64;
+        // Until the piece is consumed and zlib has no more output pending (a full `out`
+        // may leave some behind).
+        loop {
+            let before = (inflate.total_in(), inflate.total_out());
+            let status = inflate
+                .decompress(input, out, flate2::FlushDecompress::None)
+                .map_err(|e| format!("table data of {table} does not inflate: {e}"))?;
+            let consumed = (inflate.total_in() - before.0) as usize;
+            let produced = (inflate.total_out() - before.1) as usize;
+            lines += out[..produced].iter().filter(|&&b| b == b'\n').count() as u64;
+            keep_tail(&mut self.tail, &out[..produced]);
+            self.expanded += produced as u64;
+            input = &input[consumed..];
+            if self.expanded > MAX_INFLATED
+                || self.expanded > MAX_EXPANSION * self.compressed.max(1 << 20)
+            {
+                return Err(format!(
+                    "its table data expands more than {MAX_EXPANSION}-fold or past {MAX_INFLATED} bytes"
+                ));
+            }
+            if status == flate2::Status::StreamEnd {
+                if !input.is_empty() {
+                    return Err(format!(
+                        "bytes follow the end of the zlib stream in the table data of {table}"
+                    ));
+                }
+                break;
+            }
+            if input.is_empty() && produced < out.len() {
+                break;
+            }
+            if consumed == 0 && produced == 0 {
+                return Err(format!(
+                    "the table data of {table} makes no progress in zlib"
+                ));
+            }
+        }
+        Ok(lines)
     }
 
     /// What the dump turned out to be: an error when it is no custom-format archive or
     /// ends in the middle of a block.
-    pub fn finish(self) -> Result<MeasuredDump, String> {
+    pub fn finish(mut self) -> Result<MeasuredDump, String> {
+        if matches!(self.state, State::Toc) {
+            // The TOC may have waited for the buffer to double; parse what there is.
+            self.toc_retry_at = 0;
+            self.feed(&[]);
+        }
         match self.state {
             State::Failed(e) => return Err(e),
             State::Toc => return Err("ends before its table of contents does".into()),
@@ -478,5 +532,124 @@ impl DumpReader {
             row_counts,
             row_counts_unmeasured,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn int(d: &mut Vec<u8>, v: i32) {
+        d.push(u8::from(v < 0));
+        d.extend_from_slice(&v.unsigned_abs().to_le_bytes());
+    }
+    fn string(d: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            None => int(d, -1),
+            Some(s) => {
+                int(d, s.len() as i32);
+                d.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+
+    /// An archive as PostgreSQL 15's pg_dump -Fc writes it to a pipe: one table, its COPY
+    /// data in one zlib stream cut into `piece`-byte pieces, followed by `after`.
+    fn archive(rows: usize, piece: usize, after: &[u8]) -> Vec<u8> {
+        let mut d = b"PGDMP".to_vec();
+        d.extend_from_slice(&[1, 14, 0, 4, 8, 1]);
+        int(&mut d, -1); // default zlib compression
+        for v in [0, 0, 3, 1, 0, 126, 0] {
+            int(&mut d, v);
+        }
+        for s in ["archiv", "15.8", "15.8"] {
+            string(&mut d, Some(s));
+        }
+        int(&mut d, 1); // one TOC entry
+        int(&mut d, 7); // dump id
+        int(&mut d, 1); // had dumper
+        string(&mut d, Some("0"));
+        string(&mut d, Some("0"));
+        string(&mut d, Some("dokumente"));
+        string(&mut d, Some("TABLE DATA"));
+        int(&mut d, 2); // section data
+        string(&mut d, Some(""));
+        string(&mut d, Some(""));
+        string(&mut d, Some("COPY public.dokumente (id) FROM stdin;\n"));
+        string(&mut d, Some("public"));
+        string(&mut d, Some(""));
+        string(&mut d, Some(""));
+        string(&mut d, Some("archiv"));
+        string(&mut d, Some("false"));
+        string(&mut d, Some("3"));
+        string(&mut d, None); // end of dependencies
+        d.push(1); // offset not set (written to a pipe)
+        d.extend_from_slice(&[0; 8]);
+        let mut copy = Vec::new();
+        for i in 0..rows {
+            copy.extend_from_slice(format!("{i}\tBrief {i}\n").as_bytes());
+        }
+        copy.extend_from_slice(COPY_END);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&copy).unwrap();
+        let mut packed = z.finish().unwrap();
+        packed.extend_from_slice(after);
+        d.push(BLK_DATA);
+        int(&mut d, 7);
+        for p in packed.chunks(piece) {
+            int(&mut d, p.len() as i32);
+            d.extend_from_slice(p);
+        }
+        int(&mut d, 0);
+        d
+    }
+
+    fn read(bytes: &[u8], feed: usize) -> MeasuredDump {
+        let mut r = DumpReader::new();
+        for part in bytes.chunks(feed) {
+            r.feed(part);
+        }
+        r.finish().unwrap()
+    }
+
+    #[test]
+    fn rows_are_counted_in_zlib_table_data_however_it_is_cut() {
+        let a = archive(200_000, 4096, b"");
+        for feed in [1 << 20, 777, 65_536] {
+            let m = read(&a, feed);
+            assert_eq!(m.archive_version, "1.14.0");
+            assert_eq!(
+                m.row_counts,
+                Some(
+                    [("public.dokumente".to_string(), 200_000)]
+                        .into_iter()
+                        .collect()
+                ),
+                "fed {feed} bytes at a time"
+            );
+        }
+        assert_eq!(
+            read(&archive(0, 100, b""), 10).row_counts.unwrap()["public.dokumente"],
+            0
+        );
+    }
+
+    #[test]
+    fn data_that_is_no_pg_dump_copy_stream_is_not_counted() {
+        let m = read(&archive(10, 100, b"trailing junk"), 50);
+        assert_eq!(m.row_counts, None);
+        assert!(m
+            .row_counts_unmeasured
+            .unwrap()
+            .contains("bytes follow the end of the zlib stream"),);
+        let mut r = DumpReader::new();
+        let a = archive(10, 100, b"");
+        r.feed(&a[..a.len() - 3]);
+        assert_eq!(
+            r.finish().unwrap_err(),
+            "ends in the middle of a data block"
+        );
     }
 }

@@ -18,8 +18,8 @@ use backup_common::manifest::Manifest;
 use crate::repository::{RepoError, Repository};
 use crate::verdicts::{self, Kind};
 
-/// What the cached set was built from: snapshot ids, acks and rejects.
-type Fingerprint = (Vec<String>, Vec<String>, Vec<String>);
+/// What the cached set was built from: snapshot ids, acks, rejects and contested days.
+type Fingerprint = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
 
 #[derive(Default)]
 pub struct KnownChunks {
@@ -31,6 +31,7 @@ fn fingerprint(repo: &Repository) -> Result<Fingerprint, RepoError> {
         repo.snapshot_ids()?,
         verdicts::ids(repo, Kind::Ack)?,
         verdicts::ids(repo, Kind::Reject)?,
+        verdicts::ids(repo, Kind::Contested)?,
     ))
 }
 

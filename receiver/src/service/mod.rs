@@ -63,6 +63,8 @@ type StoreOutcome = (
     Option<ChunkId>,
     Result<Option<Published>, Status>,
 );
+/// Chunks a PutChunks reply may call duplicates: kept good snapshots' and the identity's own.
+type Known = (Arc<HashSet<ChunkId>>, HashSet<ChunkId>);
 
 /// Chunks of one PutChunks stream verified and stored at the same time.
 const STORE_PARALLEL: usize = 8;
@@ -102,6 +104,8 @@ pub struct BackupService {
     known: Arc<KnownChunks>,
     /// What each identity uploaded lately.
     uploads: Arc<RecentUploads>,
+    /// One commit's content checks at a time.
+    validation: Arc<tokio::sync::Semaphore>,
     /// PutChunks streams open per connection and per identity.
     put_streams: crate::streams::StreamLimits,
 }
@@ -137,17 +141,20 @@ fn refusal_status(r: Refusal) -> Status {
     }
 }
 
-/// How many of `ids` (receiver-made, `YYYYMMDDTHHMMSSZ…`) fall on the calendar day of `now`
+/// Which of `ids` (receiver-made, `YYYYMMDDTHHMMSSZ…`) fall on the calendar day of `now`
 /// in `tz`: the per-day cap counts the days retention counts.
-fn snapshots_on_local_day(ids: &[String], now: DateTime<Utc>, tz: chrono_tz::Tz) -> usize {
+fn snapshots_on_local_day(ids: &[String], now: DateTime<Utc>, tz: chrono_tz::Tz) -> Vec<String> {
     let today = now.with_timezone(&tz).date_naive();
     ids.iter()
-        .filter_map(|id| {
-            let stamp = id.get(..16)?;
-            chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()
+        .filter(|id| {
+            id.get(..16)
+                .and_then(|stamp| {
+                    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()
+                })
+                .is_some_and(|t| t.and_utc().with_timezone(&tz).date_naive() == today)
         })
-        .filter(|t| t.and_utc().with_timezone(&tz).date_naive() == today)
-        .count()
+        .cloned()
+        .collect()
 }
 
 /// The store as one committing session sees it.
@@ -221,6 +228,7 @@ impl BackupService {
             committed: Mutex::new(HashMap::new()),
             known: Arc::default(),
             uploads: Arc::default(),
+            validation: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -579,6 +587,54 @@ impl BackupService {
         self.config.retention.gc_grace.0
     }
 
+    /// Refuses a commit beyond `limits.max_snapshots_per_day` (days of
+    /// `retention.time_zone`) and returns the receiver's time. The nightly job commits once:
+    /// a refused commit means one of the day's commits was not the nightly job, and the
+    /// receiver cannot tell which, so the day's earlier snapshots become *contested*
+    /// (suspect until acknowledged): a commit placed before the honest night can then not
+    /// become the delta base the next night copies from.
+    async fn check_daily_cap(&self, peer: &Peer) -> Result<DateTime<Utc>, Status> {
+        let now = (self.clock)();
+        let cap = self.config.limits.max_snapshots_per_day;
+        let tz = self.config.retention.time_zone;
+        let repo = self.repo.clone();
+        let today: Vec<String> = tokio::task::spawn_blocking(move || {
+            repo.snapshot_ids()
+                .map(|ids| snapshots_on_local_day(&ids, now, tz))
+        })
+        .await
+        .map_err(join_status)?
+        .map_err(repo_status)?;
+        if (today.len() as u32) < cap {
+            return Ok(now);
+        }
+        let note = format!(
+            "a commit by {} was refused by limits.max_snapshots_per_day ({cap}) on {}",
+            backup_common::bounded::bounded(&peer.identity),
+            now.with_timezone(&tz).format("%Y-%m-%d")
+        );
+        let repo = self.repo.clone();
+        let (ids, n) = (today.clone(), note.clone());
+        let contested = tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .filter(|id| crate::verdicts::contest(&repo, id, &n, now).is_ok())
+                .count()
+        })
+        .await
+        .map_err(join_status)?;
+        tracing::error!(snapshots = ?today, "second commit of the day refused; the day's snapshots are contested");
+        self.audit.record(
+            now,
+            "contested",
+            json!({ "snapshots": today, "identity": peer.identity, "note": note, "written": contested }),
+        );
+        Err(Status::resource_exhausted(format!(
+            "{} snapshot(s) were already committed today ({} in {tz}, receiver clock); limits.max_snapshots_per_day is {cap}",
+            today.len(),
+            now.with_timezone(&tz).format("%Y-%m-%d")
+        )))
+    }
+
     /// The bounds a commit is held to while it streams in.
     fn commit_limits(&self) -> CommitLimits {
         CommitLimits {
@@ -631,6 +687,17 @@ impl BackupService {
         parts: &mut crate::commit_watch::Watched<'_, proto::CommitPart>,
     ) -> Result<proto::CommitResponse, Status> {
         let claimed = self.receive_commit(header, parts).await?;
+        // The day's cap before the expensive checks (and again under the commit lock).
+        self.check_daily_cap(peer).await?;
+        // One commit is checked at a time: the task below runs to its end even if this
+        // call is dropped, and holds the permit until then, so dropped and repeated
+        // commits cannot pile up checks (memory, CPU).
+        let permit = self
+            .validation
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the receiver is shutting down"))?;
         let own_uploads = self.uploads.of(&peer.identity, self.upload_window());
         let (source_host, sender_time, new_chunks, new_bytes) = {
             let sessions = self.sessions.lock().unwrap();
@@ -650,6 +717,7 @@ impl BackupService {
         let repo = self.repo.clone();
         let known = self.known.clone();
         let validated = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            let _permit = permit;
             let base = repo.latest_good().map_err(repo_status)?;
             let facts = SessionFacts {
                 repo: &repo,
@@ -668,24 +736,8 @@ impl BackupService {
         .map_err(join_status)??;
 
         let _guard = self.commit_lock.lock().await;
-        let now = (self.clock)();
+        let now = self.check_daily_cap(peer).await?;
         let repo = self.repo.clone();
-        let cap = self.config.limits.max_snapshots_per_day;
-        let tz = self.config.retention.time_zone;
-        let ids = {
-            let repo = repo.clone();
-            tokio::task::spawn_blocking(move || repo.snapshot_ids())
-                .await
-                .map_err(join_status)?
-                .map_err(repo_status)?
-        };
-        let today = snapshots_on_local_day(&ids, now, tz);
-        if today as u32 >= cap {
-            return Err(Status::resource_exhausted(format!(
-                "{today} snapshot(s) were already committed today ({} in {tz}, receiver clock); limits.max_snapshots_per_day is {cap}",
-                now.with_timezone(&tz).format("%Y-%m-%d")
-            )));
-        }
         // The anomaly guard decides before publishing: a manifest is never changed afterwards.
         let previous_good = {
             let repo = repo.clone();
@@ -831,7 +883,7 @@ impl BackupService {
         &self,
         peer: &Peer,
         reply: &mut proto::PutChunksResponse,
-        known: &HashSet<ChunkId>,
+        known: &Known,
         done: Result<StoreOutcome, tokio::task::JoinError>,
     ) -> Result<(), Status> {
         let (session_id, bytes, id, result) = done.map_err(join_status)?;
@@ -842,10 +894,12 @@ impl BackupService {
                 Ok(())
             }
             Ok(None | Some(Published::AlreadyExisted)) => {
-                self.release_bytes(&session_id, bytes);
-                if id.is_some_and(|id| known.contains(&id)) {
+                if id.is_some_and(|id| known.0.contains(&id) || known.1.contains(&id)) {
+                    self.release_bytes(&session_id, bytes);
                     reply.duplicates += 1;
                 } else {
+                    // Charged like a new chunk: giving the reservation back would let the
+                    // quota tell which chunks exist.
                     reply.stored += 1;
                     reply.stored_bytes += bytes;
                 }
@@ -1084,12 +1138,15 @@ impl Backup for BackupService {
         // whole: a started task finishes even if the stream breaks off, so a retry only
         // sends what did not arrive.
         let mut tasks: JoinSet<StoreOutcome> = JoinSet::new();
-        let known = {
+        // What this stream may call a duplicate: chunks of kept good snapshots, and this
+        // identity's own uploads from before the stream began.
+        let known: Known = {
             let (repo, known) = (self.repo.clone(), self.known.clone());
-            tokio::task::spawn_blocking(move || known.current(&repo))
+            let set = tokio::task::spawn_blocking(move || known.current(&repo))
                 .await
                 .map_err(join_status)?
-                .map_err(repo_status)?
+                .map_err(repo_status)?;
+            (set, self.uploads.of(&peer.identity, self.upload_window()))
         };
         let received: Result<(), Status> = async {
             while let Some(up) = stream.next().await {

@@ -119,7 +119,8 @@ impl Incoming {
         };
         if let Some(d) = &dump {
             check_cut("the dump", d.size, &d.chunks)?;
-            incoming.count(d.chunks.len() as u64, 0)?;
+            let names: usize = d.row_counts.keys().map(|t| t.len() + 8).sum();
+            incoming.count(d.chunks.len() as u64, names as u64)?;
         }
         incoming.dump = dump;
         Ok(incoming)
