@@ -10,7 +10,8 @@
 //! - presence: every referenced chunk exists and this session may name it (it was uploaded
 //!   in the session or is referenced by a kept good snapshot), so a commit is no oracle;
 //! - binding: an object whose key, size and ETag equal an entry of a good, measured
-//!   snapshot (the delta base, then older ones) carries exactly that entry's content;
+//!   snapshot (the delta base, then older ones) carries that entry's content (its hash;
+//!   a different chunk list for the same hash is read back and must hash to it);
 //! - content: every other object is read back from the stored chunks; each chunk's length
 //!   and the object's blake3 must equal what the entry claims;
 //! - dump: read back the same way, its stream hash checked and its header parsed as a
@@ -225,8 +226,12 @@ pub struct Validated {
 /// One object's content: its hash and chunk list.
 type Content = (ChunkId, Vec<ChunkRef>);
 
+/// Two entries hold the same bytes when their hashes agree; an entry's hash is checked
+/// against its chunks whenever its chunk list is not one the receiver checked before, so a
+/// re-cut of the same bytes (another chunker version, a re-read after a quarantined chunk)
+/// is the same content, while swapped or other bytes are not.
 fn same_content(a: &ObjectEntry, b: &ObjectEntry) -> bool {
-    a.hash == b.hash && a.chunks == b.chunks
+    a.hash == b.hash
 }
 
 /// Checks `claimed` against the store and against `base`, the newest good snapshot (used
@@ -264,6 +269,10 @@ pub fn validate(
             Some(b) if b.size == o.size && b.etag == o.etag => {
                 if !same_content(o, b) {
                     return Err(changed(o, &base.expect("base has the key").id));
+                }
+                if o.chunks != b.chunks {
+                    // The same bytes cut otherwise: proved by reading them back.
+                    to_read.push(i);
                 }
                 continue;
             }
