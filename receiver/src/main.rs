@@ -330,21 +330,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             operator,
         } => {
             let repo = Repository::open(&repo)?;
-            let operator = operator
-                .or_else(|| std::env::var("SUDO_USER").ok())
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "unknown".into());
             let now = clock::from_env()();
-            let ack = guard::acknowledge(&repo, &snapshot, &operator, note.as_deref(), now)?;
-            AuditLog::new(repo.root()).record(
+            let ack = guard::acknowledge(
+                &repo,
+                &snapshot,
+                &operator_name(operator),
+                note.as_deref(),
                 now,
-                "ack",
-                serde_json::json!({
-                    "snapshot": ack.snapshot,
-                    "operator": ack.operator,
-                    "note": ack.note,
-                }),
-            );
+            )?;
+            audit_verdict(&repo, "ack", &ack, now);
             println!(
                 "acknowledged suspect snapshot {} ({})",
                 ack.snapshot,
@@ -359,21 +353,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             operator,
         } => {
             let repo = Repository::open(&repo)?;
-            let operator = operator
-                .or_else(|| std::env::var("SUDO_USER").ok())
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "unknown".into());
             let now = clock::from_env()();
-            let r = verdicts::reject(&repo, &snapshot, &operator, note.as_deref(), now)?;
-            AuditLog::new(repo.root()).record(
+            let r = verdicts::reject(
+                &repo,
+                &snapshot,
+                &operator_name(operator),
+                note.as_deref(),
                 now,
-                "reject",
-                serde_json::json!({
-                    "snapshot": r.snapshot,
-                    "operator": r.operator,
-                    "note": r.note,
-                }),
-            );
+            )?;
+            audit_verdict(&repo, "reject", &r, now);
             println!(
                 "rejected snapshot {} ({}); it stays on disk for forensics until retention",
                 r.snapshot,
@@ -667,6 +655,32 @@ async fn drill_cmd(args: DrillArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Who runs an operator command: `--operator`, else $SUDO_USER, else $USER.
+fn operator_name(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("SUDO_USER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The audit record of an operator's verdict (`ack`, `reject`).
+fn audit_verdict(
+    repo: &Repository,
+    event: &str,
+    v: &verdicts::Ack,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    AuditLog::new(repo.root()).record(
+        now,
+        event,
+        serde_json::json!({
+            "snapshot": v.snapshot,
+            "operator": v.operator,
+            "note": v.note,
+        }),
+    );
 }
 
 /// Says on stderr what an operator must know about the snapshot a command chose: that

@@ -64,6 +64,21 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
     }
 }
 
+/// The `<name>` of every `<name>.json` in `dir`, sorted (snapshot ids, verdict ids).
+pub(crate) fn json_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 #[derive(Serialize, Deserialize)]
 struct Marker {
     format: u32,
@@ -279,18 +294,7 @@ impl Repository {
     /// Snapshot ids, oldest first (ids sort by the receiver's commit time).
     pub fn snapshot_ids(&self) -> Result<Vec<String>, RepoError> {
         let dir = self.snapshots_dir();
-        let mut ids: Vec<String> = fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .map(str::to_string)
-            })
-            .collect();
-        ids.sort();
-        Ok(ids)
+        json_names(&dir).map_err(io_err(&dir))
     }
 
     pub fn load_manifest(&self, id: &str) -> Result<Manifest, RepoError> {
@@ -326,11 +330,26 @@ impl Repository {
     /// Calls `visit` with every manifest, oldest first, one at a time (never all in memory),
     /// until it returns false. A manifest that vanishes meanwhile (a concurrent prune moved
     /// it) is skipped; any other error stops.
-    pub fn for_each_manifest(
+    pub fn for_each_manifest(&self, visit: impl FnMut(Manifest) -> bool) -> Result<(), RepoError> {
+        self.visit_manifests(self.snapshot_ids()?, visit)
+    }
+
+    /// As [`Repository::for_each_manifest`], newest first.
+    pub fn for_each_manifest_newest_first(
         &self,
+        visit: impl FnMut(Manifest) -> bool,
+    ) -> Result<(), RepoError> {
+        let mut ids = self.snapshot_ids()?;
+        ids.reverse();
+        self.visit_manifests(ids, visit)
+    }
+
+    fn visit_manifests(
+        &self,
+        ids: Vec<String>,
         mut visit: impl FnMut(Manifest) -> bool,
     ) -> Result<(), RepoError> {
-        for id in self.snapshot_ids()? {
+        for id in ids {
             match self.load_manifest(&id) {
                 Ok(m) => {
                     if !visit(m) {
@@ -344,26 +363,7 @@ impl Repository {
         Ok(())
     }
 
-    /// As [`Repository::for_each_manifest`], newest first.
-    pub fn for_each_manifest_newest_first(
-        &self,
-        mut visit: impl FnMut(Manifest) -> bool,
-    ) -> Result<(), RepoError> {
-        for id in self.snapshot_ids()?.iter().rev() {
-            match self.load_manifest(id) {
-                Ok(m) => {
-                    if !visit(m) {
-                        break;
-                    }
-                }
-                Err(RepoError::NoSuchSnapshot(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    fn check_name(name: &str) -> Result<(), RepoError> {
+    pub(crate) fn check_name(name: &str) -> Result<(), RepoError> {
         if name.contains(['/', '\\', '\0']) || name.starts_with('.') {
             return Err(RepoError::NoSuchSnapshot(name.to_string()));
         }

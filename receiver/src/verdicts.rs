@@ -55,6 +55,17 @@ pub struct Ack {
     pub note: Option<String>,
 }
 
+impl Ack {
+    fn new(snapshot: &str, operator: &str, note: Option<&str>, now: DateTime<Utc>) -> Ack {
+        Ack {
+            snapshot: snapshot.to_string(),
+            time: now,
+            operator: operator.to_string(),
+            note: note.map(str::to_string),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AckError {
     #[error(transparent)]
@@ -82,30 +93,16 @@ fn path(repo: &Repository, kind: Kind, snapshot_id: &str) -> PathBuf {
 }
 
 fn exists(repo: &Repository, kind: Kind, snapshot_id: &str) -> bool {
-    !snapshot_id.contains(['/', '\\', '\0'])
-        && !snapshot_id.starts_with('.')
-        && path(repo, kind, snapshot_id).is_file()
+    Repository::check_name(snapshot_id).is_ok() && path(repo, kind, snapshot_id).is_file()
 }
 
 /// Ids with a verdict of `kind`, sorted (for caches that must notice a new verdict).
 pub fn ids(repo: &Repository, kind: Kind) -> Result<Vec<String>, RepoError> {
     let dir = repo.root().join(kind.dir());
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(RepoError::Io { path: dir, source }),
-    };
-    let mut out: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .map(str::to_string)
-        })
-        .collect();
-    out.sort();
-    Ok(out)
+    match crate::repository::json_names(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        other => other.map_err(|source| RepoError::Io { path: dir, source }),
+    }
 }
 
 pub fn ack_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
@@ -194,12 +191,7 @@ pub fn acknowledge(
     if manifest.suspect.is_none() && !is_contested(repo, &manifest.id) {
         return Err(AckError::NotSuspect(manifest.id));
     }
-    let ack = Ack {
-        snapshot: manifest.id.clone(),
-        time: now,
-        operator: operator.to_string(),
-        note: note.map(str::to_string),
-    };
+    let ack = Ack::new(&manifest.id, operator, note, now);
     match write(repo, Kind::Ack, &ack)? {
         Published::Created => Ok(ack),
         Published::AlreadyExisted => Err(AckError::AlreadyAcknowledged(
@@ -225,12 +217,7 @@ pub fn reject(
         )));
     }
     let manifest = repo.resolve_any(name)?;
-    let record = Ack {
-        snapshot: manifest.id.clone(),
-        time: now,
-        operator: operator.to_string(),
-        note: note.map(str::to_string),
-    };
+    let record = Ack::new(&manifest.id, operator, note, now);
     match write(repo, Kind::Reject, &record)? {
         Published::Created => Ok(record),
         Published::AlreadyExisted => Err(AckError::AlreadyRejected(
@@ -247,13 +234,12 @@ pub fn contest(
     note: &str,
     now: DateTime<Utc>,
 ) -> Result<(), AckError> {
-    let record = Ack {
-        snapshot: snapshot_id.to_string(),
-        time: now,
-        operator: "receiver".into(),
-        note: Some(note.to_string()),
-    };
-    write(repo, Kind::Contested, &record).map(drop)
+    write(
+        repo,
+        Kind::Contested,
+        &Ack::new(snapshot_id, "receiver", Some(note), now),
+    )
+    .map(drop)
 }
 
 /// Records that a drill passed on `snapshot_id` (a second pass keeps the first record).
@@ -263,13 +249,12 @@ pub fn record_drill_passed(
     note: &str,
     now: DateTime<Utc>,
 ) -> Result<(), AckError> {
-    let record = Ack {
-        snapshot: snapshot_id.to_string(),
-        time: now,
-        operator: "drill".into(),
-        note: Some(note.to_string()),
-    };
-    write(repo, Kind::DrillPassed, &record).map(drop)
+    write(
+        repo,
+        Kind::DrillPassed,
+        &Ack::new(snapshot_id, "drill", Some(note), now),
+    )
+    .map(drop)
 }
 
 #[cfg(test)]

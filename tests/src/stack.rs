@@ -59,6 +59,22 @@ fn allow_several_commits_a_day(extra: &str) -> String {
     }
 }
 
+/// A scratch directory for a drill, as deploy/ sets it up: in /tmp, mode 0711, so the
+/// drill's sandbox user may pass through but not list it (the stack's own directory is
+/// private). Removed when the guard drops.
+pub fn drill_scratch_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("drill-scratch-")
+        .tempdir_in("/tmp")
+        .expect("scratch directory in /tmp");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod 0711");
+    dir
+}
+
 /// Certificates made by the product's own generator, plus a foreign CA for negative tests.
 pub struct Certs {
     pub dir: PathBuf,

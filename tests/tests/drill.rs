@@ -127,15 +127,7 @@ async fn healthy_snapshot_passes_and_a_tampered_row_count_fails_naming_the_table
 
     let (hc_url, pings) = healthcheck_server();
     // As deploy/ sets it up: the sandbox's OS user may pass through, not list.
-    let scratch_dir = tempfile::Builder::new()
-        .prefix("drill-scratch-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(
-        scratch_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )
-    .unwrap();
+    let scratch_dir = backup_tests::stack::drill_scratch_dir();
     let config = config_with(
         &stack,
         "drill.toml",

@@ -24,15 +24,7 @@ fn marker_dir() -> tempfile::TempDir {
     d
 }
 
-/// A scratch directory the sandbox's OS user can pass through (as deploy/ sets it up).
-fn scratch_dir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("drill-scratch-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    d
-}
+use backup_tests::stack::drill_scratch_dir as scratch_dir;
 
 fn config_with(stack: &Stack, drill_section: &str) -> PathBuf {
     let base = std::fs::read_to_string(&stack.receiver.config).unwrap();

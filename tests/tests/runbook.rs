@@ -110,15 +110,7 @@ fn fixture_objects() -> BTreeMap<String, Vec<u8>> {
 fn drill_config(stack: &Stack) -> (PathBuf, tempfile::TempDir) {
     let base = std::fs::read_to_string(&stack.receiver.config).unwrap();
     let path = stack.dir.path().join("receiver-drill.toml");
-    let scratch_dir = tempfile::Builder::new()
-        .prefix("drill-scratch-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(
-        scratch_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )
-    .unwrap();
+    let scratch_dir = backup_tests::stack::drill_scratch_dir();
     let scratch = scratch_dir.path().to_path_buf();
     std::fs::write(
         &path,
