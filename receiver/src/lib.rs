@@ -2,28 +2,18 @@
 //! operator's commands over the repository it keeps (list, restore, drill, certificates).
 //! It is the trust anchor of the threat model: no request from the network can delete,
 //! overwrite, shorten or read back what is stored.
+//!
+//! Layers, each a folder whose module doc says what it may touch:
+//! - [`store`]: the repository on disk, the only layer that changes it;
+//! - [`service`]: the network service (admission, sessions, commit validation);
+//! - [`maintenance`]: prune, garbage collection, verification and their schedule;
+//! - [`operator`]: restore, drill, listing;
+//! - [`monitoring`]: the anomaly guard, the audit log, metrics and pings.
 
-pub mod admission;
-pub mod audit;
 pub mod clock;
-pub mod commit_watch;
-pub mod drill;
-pub mod gc;
-pub mod guard;
-pub mod monitor;
-pub mod prune;
-pub mod quota;
-pub mod repository;
-pub mod restore;
-pub mod sandbox_pg;
-pub mod schedule;
-pub mod server;
+pub mod maintenance;
+pub mod monitoring;
+pub mod operator;
 pub mod service;
-pub mod snapshots;
-pub mod streams;
-pub mod tailscale;
+pub mod store;
 pub mod testhook;
-pub mod tls_accept;
-pub mod trash;
-pub mod verdicts;
-pub mod verify;

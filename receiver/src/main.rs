@@ -8,10 +8,15 @@ use anyhow::Context;
 use backup_common::config::{read_secret, ReceiverConfig, RetentionConfig};
 use backup_common::term::{escape, escape_lines};
 use backup_common::tls::{init_certs_with, CertSpec, Lifetimes};
-use backup_receiver::audit::AuditLog;
-use backup_receiver::repository::Repository;
-use backup_receiver::snapshots::{self, SnapshotRow};
-use backup_receiver::{clock, drill, gc, guard, prune, restore, server, trash, verdicts, verify};
+use backup_receiver::clock;
+use backup_receiver::maintenance::{gc, prune, verify};
+use backup_receiver::monitoring::audit::AuditLog;
+use backup_receiver::monitoring::guard;
+use backup_receiver::operator::snapshots::{self, SnapshotRow};
+use backup_receiver::operator::{drill, restore};
+use backup_receiver::service::server;
+use backup_receiver::store::repository::Repository;
+use backup_receiver::store::{trash, verdicts};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]

@@ -43,7 +43,7 @@ const LOG_TAIL_LINES: usize = 40;
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     // The drill's own lookup, so tests and production find the same binaries.
-    DIR.get_or_init(|| backup_receiver::sandbox_pg::bin_dir(None))
+    DIR.get_or_init(|| backup_receiver::operator::sandbox_pg::bin_dir(None))
         .clone()
 }
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use backup_common::chunk::ChunkId;
 use backup_common::manifest::Manifest;
 
-use crate::repository::{RepoError, Repository};
-use crate::verdicts::{self, Kind};
+use crate::store::repository::{RepoError, Repository};
+use crate::store::verdicts::{self, Kind};
 
 /// What the cached set was built from: snapshot ids, acks, rejects and contested days.
 type Fingerprint = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);

@@ -6,8 +6,11 @@
 //! What a commit claims is checked in [`validate`] before it becomes a manifest; what the
 //! network may learn about stored chunks is limited to [`known`] ones.
 
+pub mod admission;
+pub mod commit_watch;
 mod dump_check;
 mod known;
+pub mod server;
 pub mod validate;
 
 pub use dump_check::DumpReader;
@@ -34,14 +37,14 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::admission::{admit, Peer};
-use crate::audit::AuditLog;
 use crate::clock::Clock;
-use crate::guard;
-use crate::monitor::{self, Monitor};
-use crate::quota::Quota;
-use crate::repository::{RepoError, Repository};
-use crate::tailscale::{TailscaleAdmission, Verdict};
+use crate::monitoring::audit::AuditLog;
+use crate::monitoring::guard;
+use crate::monitoring::monitor::{self, Monitor};
+use crate::service::admission::quota::Quota;
+use crate::service::admission::tailscale::{TailscaleAdmission, Verdict};
+use crate::service::admission::{admit, Peer};
+use crate::store::repository::{RepoError, Repository};
 use known::{KnownChunks, RecentUploads};
 use validate::{Claimed, CommitLimits, Incoming, Refusal, StoreFacts};
 
@@ -107,7 +110,7 @@ pub struct BackupService {
     /// One commit's content checks at a time.
     validation: Arc<tokio::sync::Semaphore>,
     /// PutChunks streams open per connection and per identity.
-    put_streams: crate::streams::StreamLimits,
+    put_streams: crate::service::admission::streams::StreamLimits,
 }
 
 struct CommittedSession {
@@ -183,7 +186,7 @@ impl StoreFacts for SessionFacts<'_> {
         self.repo.for_each_manifest_newest_first(|m| {
             if Some(&m.id) == self.base.as_ref()
                 || !m.content_verified()
-                || !crate::verdicts::is_good(self.repo, &m)
+                || !crate::store::verdicts::is_good(self.repo, &m)
             {
                 return true;
             }
@@ -212,7 +215,7 @@ impl BackupService {
             .map(TailscaleAdmission::new);
         let monitor = Monitor::new(&config.monitoring, repo.clone(), clock.clone());
         BackupService {
-            put_streams: crate::streams::StreamLimits::new(
+            put_streams: crate::service::admission::streams::StreamLimits::new(
                 config.limits.max_put_streams_per_connection,
                 config.limits.max_put_streams_per_identity,
             ),
@@ -338,7 +341,7 @@ impl BackupService {
                     "peer": peer,
                     "reason": refusal.reason(),
                     "identity": match &refusal {
-                        crate::admission::Refusal::Identity(ids) => bounded_join(ids, 4),
+                        crate::service::admission::Refusal::Identity(ids) => bounded_join(ids, 4),
                         _ => String::new(),
                     },
                     "detail": status.message(),
@@ -488,7 +491,7 @@ impl BackupService {
         let stall = Arc::new(std::sync::OnceLock::new());
         let committing_id: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
         let ended_id = committing_id.clone();
-        let mut parts = crate::commit_watch::watch(
+        let mut parts = crate::service::commit_watch::watch(
             parts,
             &self.config.limits,
             cancel.clone(),
@@ -617,7 +620,7 @@ impl BackupService {
         let (ids, n) = (today.clone(), note.clone());
         let contested = tokio::task::spawn_blocking(move || {
             ids.iter()
-                .filter(|id| crate::verdicts::contest(&repo, id, &n, now).is_ok())
+                .filter(|id| crate::store::verdicts::contest(&repo, id, &n, now).is_ok())
                 .count()
         })
         .await
@@ -650,7 +653,7 @@ impl BackupService {
     async fn receive_commit(
         &self,
         header: &proto::CommitHeader,
-        parts: &mut crate::commit_watch::Watched<'_, proto::CommitPart>,
+        parts: &mut crate::service::commit_watch::Watched<'_, proto::CommitPart>,
     ) -> Result<Claimed, Status> {
         wire::check_name("bucket name", &header.bucket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -684,7 +687,7 @@ impl BackupService {
         &self,
         peer: &Peer,
         header: &proto::CommitHeader,
-        parts: &mut crate::commit_watch::Watched<'_, proto::CommitPart>,
+        parts: &mut crate::service::commit_watch::Watched<'_, proto::CommitPart>,
     ) -> Result<proto::CommitResponse, Status> {
         let claimed = self.receive_commit(header, parts).await?;
         // The day's cap before the expensive checks (and again under the commit lock).

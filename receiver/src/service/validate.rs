@@ -24,7 +24,7 @@ use backup_common::chunk::{ChunkId, MIN_CHUNK};
 use backup_common::manifest::{ChunkRef, DumpEntry, Manifest, Measured, ObjectEntry};
 
 use super::dump_check;
-use crate::repository::RepoError;
+use crate::store::repository::RepoError;
 
 /// Bounds on one commit, checked while it streams in.
 #[derive(Debug, Clone, Copy)]

@@ -12,7 +12,7 @@
 //!
 //! An operator acknowledges a suspect snapshot with `backup-receiver ack` (it then counts
 //! as good) or takes any snapshot out of every decision with `backup-receiver reject`;
-//! both are write-once files (see [`crate::verdicts`]), and this module never changes a
+//! both are write-once files (see [`crate::store::verdicts`]), and this module never changes a
 //! manifest after it is published.
 
 use std::collections::BTreeMap;
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use backup_common::config::Guard;
 use backup_common::manifest::Manifest;
 
-pub use crate::verdicts::{
+pub use crate::store::verdicts::{
     ack_path, acknowledge, is_acknowledged, is_good, is_rejected, is_suspect, reject, Ack, AckError,
 };
 

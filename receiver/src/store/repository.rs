@@ -387,7 +387,7 @@ impl Repository {
         Self::check_name(name)?;
         let m = self.load_manifest(name)?;
         if !allow_suspect {
-            if let Some(why) = crate::verdicts::not_good_because(self, &m) {
+            if let Some(why) = crate::store::verdicts::not_good_because(self, &m) {
                 return Err(RepoError::NotGood { id: m.id, why });
             }
         }
@@ -406,12 +406,12 @@ impl Repository {
         self.load_manifest(name)
     }
 
-    /// The newest good snapshot (see [`crate::verdicts`]): the base for the next delta, the
+    /// The newest good snapshot (see [`crate::store::verdicts`]): the base for the next delta, the
     /// guard's baseline, and `latest`.
     pub fn latest_good(&self) -> Result<Option<Manifest>, RepoError> {
         let mut found = None;
         self.for_each_manifest_newest_first(|m| {
-            if crate::verdicts::is_good(self, &m) {
+            if crate::store::verdicts::is_good(self, &m) {
                 found = Some(m);
                 return false;
             }

@@ -24,7 +24,7 @@ use backup_common::manifest::Manifest;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::repository::{RepoError, Repository};
+use crate::store::repository::{RepoError, Repository};
 
 /// The three kinds of verdict file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,7 @@ fn exists(repo: &Repository, kind: Kind, snapshot_id: &str) -> bool {
 /// Ids with a verdict of `kind`, sorted (for caches that must notice a new verdict).
 pub fn ids(repo: &Repository, kind: Kind) -> Result<Vec<String>, RepoError> {
     let dir = repo.root().join(kind.dir());
-    match crate::repository::json_names(&dir) {
+    match crate::store::repository::json_names(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         other => other.map_err(|source| RepoError::Io { path: dir, source }),
     }

@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::clock::Clock;
-use crate::repository::Repository;
+use crate::service::admission::tls_accept::{self, TlsMaterial};
 use crate::service::BackupService;
-use crate::tls_accept::{self, TlsMaterial};
+use crate::store::repository::Repository;
 
 /// HTTP/2 flow control: hyper's defaults (1 MiB per stream and per connection) let a
 /// sender's batches in flight share one 1 MiB window, so uploads stalled on window updates.
@@ -52,7 +52,7 @@ pub async fn serve_on(
     // Owned here: the monitor's checks, pings and scrapes stop when the server does.
     let background = tokio::spawn(monitor.run(metrics));
     let sessions = service.clone();
-    let _maintenance = crate::schedule::spawn(
+    let _maintenance = crate::maintenance::schedule::spawn(
         repo,
         config.retention.clone(),
         clock,

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
-use crate::repository::Repository;
+use crate::store::repository::Repository;
 
 /// A scrape connection is served for at most this long.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -11,7 +11,7 @@ use backup_common::config::Limits;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
-use crate::repository::Repository;
+use crate::store::repository::Repository;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuotaError {
@@ -89,7 +89,7 @@ impl Quota {
     }
 
     /// Keeps `bytes` free on top of `limits.min_free_bytes` for the audit log (its
-    /// [`crate::audit::AuditLog::max_disk_bytes`]), so what the network makes the receiver
+    /// [`crate::monitoring::audit::AuditLog::max_disk_bytes`]), so what the network makes the receiver
     /// store and log together never eats into the reserve.
     pub fn with_audit_reserve(mut self, bytes: u64) -> Self {
         self.audit_bytes = bytes;

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use backup_common::chunk::{ChunkId, MIN_CHUNK};
 use backup_common::manifest::{ChunkRef, Manifest, ObjectEntry, SnapshotStats};
 use backup_common::proto;
-use backup_receiver::repository::Repository;
+use backup_receiver::store::repository::Repository;
 use backup_tests::checks::FakeClock;
 use backup_tests::hostile::*;
 use backup_tests::stack::{noise, receiver_cli, row_counts, Stack, BUCKET, DATABASE};
@@ -248,13 +248,13 @@ async fn junk_after_the_honest_night_takes_no_slot_and_the_day_allows_one_commit
     // no delta base) until the operator, who was paged, acknowledges it.
     let r = repo(&stack);
     let honest = r.load_manifest(baseline.first()).unwrap();
-    assert!(!backup_receiver::verdicts::is_good(&r, &honest));
+    assert!(!backup_receiver::store::verdicts::is_good(&r, &honest));
     let out = cli(
         &stack,
         &["ack", baseline.first(), "--note", "our nightly run"],
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(backup_receiver::verdicts::is_good(&r, &honest));
+    assert!(backup_receiver::store::verdicts::is_good(&r, &honest));
 
     // Where an operator allows more commits a day, the junk is suspect: its copied row
     // counts are claims the dump's own table data contradicts, and it takes no slot.
@@ -819,7 +819,7 @@ async fn a_commit_before_the_honest_night_is_contested_and_never_copied() {
         refused.stderr()
     );
     let r = repo(&stack);
-    assert!(!backup_receiver::verdicts::is_good(
+    assert!(!backup_receiver::store::verdicts::is_good(
         &r,
         &r.load_manifest(&attack.snapshot_id).unwrap()
     ));

@@ -9,9 +9,9 @@ use backup_common::config::RetentionConfig;
 use chrono::{DateTime, Utc};
 
 use crate::clock::Clock;
-use crate::gc::{self, GcReport};
-use crate::prune::{self, PruneReport};
-use crate::repository::{RepoError, Repository};
+use crate::maintenance::gc::{self, GcReport};
+use crate::maintenance::prune::{self, PruneReport};
+use crate::store::repository::{RepoError, Repository};
 
 /// Start time of the oldest upload session still open, if any.
 pub type OldestSession = Arc<dyn Fn() -> Option<DateTime<Utc>> + Send + Sync>;

@@ -13,7 +13,7 @@ use backup_common::durable;
 use backup_common::manifest::Manifest;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::repository::{RepoError, Repository};
+use crate::store::repository::{RepoError, Repository};
 
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 

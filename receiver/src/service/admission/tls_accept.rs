@@ -154,7 +154,7 @@ pub fn incoming(
                     }
                 },
             };
-            if !crate::admission::network_allowed(&material.allowed_networks, peer.ip()) {
+            if !crate::service::admission::network_allowed(&material.allowed_networks, peer.ip()) {
                 drop(tcp);
                 on_refused(TlsRefusal {
                     peer,

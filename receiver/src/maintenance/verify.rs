@@ -16,7 +16,7 @@ use backup_common::chunk::ChunkId;
 use backup_common::durable;
 use serde::Serialize;
 
-use crate::repository::{RepoError, Repository};
+use crate::store::repository::{RepoError, Repository};
 
 /// How much chunk data to read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,10 +27,10 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::repository::{RepoError, Repository};
+use crate::store::repository::{RepoError, Repository};
+use crate::store::trash::{self, TrashEntry};
+use crate::store::verdicts;
 use crate::testhook;
-use crate::trash::{self, TrashEntry};
-use crate::verdicts;
 
 /// Why a snapshot is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

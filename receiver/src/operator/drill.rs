@@ -34,10 +34,10 @@ use backup_common::term::escape;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::repository::{RepoError, Repository};
-use crate::restore::{self, RestoreError};
-use crate::sandbox_pg::{self, Runner, SandboxPg};
-use crate::snapshots::human_bytes;
+use crate::operator::restore::{self, RestoreError};
+use crate::operator::sandbox_pg::{self, Runner, SandboxPg};
+use crate::operator::snapshots::human_bytes;
+use crate::store::repository::{RepoError, Repository};
 
 /// Failures listed one by one in a report; the rest are counted.
 const MAX_LISTED_FAILURES: usize = 50;
@@ -288,7 +288,7 @@ pub fn select(
             let wanted = short_duration(min_age.as_secs());
             let mut manifests = Vec::new();
             repo.for_each_manifest(|m| {
-                if crate::verdicts::is_good(repo, &m) {
+                if crate::store::verdicts::is_good(repo, &m) {
                     manifests.push(m);
                 }
                 true

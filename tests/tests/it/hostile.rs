@@ -8,7 +8,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use backup_common::proto;
-use backup_receiver::repository::Repository;
+use backup_receiver::store::repository::Repository;
 use backup_tests::hostile::*;
 use backup_tests::stack::{noise, receiver_cli, Stack};
 use tonic::Code;
@@ -173,7 +173,7 @@ async fn stored_chunks_manifests_and_acks_are_read_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_call_deletes_or_reads_back_and_unknown_calls_are_unimplemented() {
     // The protocol has exactly these calls; none deletes, renames or returns chunk bytes.
-    let proto_text = include_str!("../../proto/backup.proto");
+    let proto_text = include_str!("../../../proto/backup.proto");
     let rpcs: Vec<&str> = proto_text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("rpc "))
@@ -328,7 +328,10 @@ async fn ten_nights_of_empty_snapshots_cost_no_good_one() {
     assert_eq!(repo.latest_good().unwrap().unwrap().id, good);
     for id in &flood {
         let m = repo.load_manifest(id).unwrap();
-        assert!(backup_receiver::guard::is_suspect(&repo, &m), "{id}");
+        assert!(
+            backup_receiver::monitoring::guard::is_suspect(&repo, &m),
+            "{id}"
+        );
     }
     // The delta base offered to the sender is still the good snapshot with its objects.
     let session = begin(&mut c).await.unwrap();
@@ -408,7 +411,7 @@ async fn operator_ack_makes_a_suspect_snapshot_the_new_baseline() {
         .any(|r| r["event"] == "ack" && r["operator"] == "oma"));
 
     let repo = Repository::open(stack.repo()).unwrap();
-    assert!(backup_receiver::guard::is_acknowledged(
+    assert!(backup_receiver::monitoring::guard::is_acknowledged(
         &repo,
         &suspect.snapshot_id
     ));

@@ -2,6 +2,11 @@
 //! the TLS layer), whose identity is on the allow-list, connecting from an allowed network.
 //! Every refusal is logged and written to the audit log with the peer's address and identity.
 
+pub mod quota;
+pub mod streams;
+pub mod tailscale;
+pub mod tls_accept;
+
 use std::net::{IpAddr, SocketAddr};
 
 use backup_common::config::Admission;

@@ -26,7 +26,7 @@ use backup_common::manifest::{ChunkRef, DumpEntry, Manifest, ObjectEntry};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::repository::{RepoError, Repository};
+use crate::store::repository::{RepoError, Repository};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {

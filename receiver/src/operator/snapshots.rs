@@ -5,8 +5,8 @@ use serde::Serialize;
 use backup_common::manifest::Manifest;
 use backup_common::term::escape;
 
-use crate::repository::Repository;
-use crate::verdicts;
+use crate::store::repository::Repository;
+use crate::store::verdicts;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SnapshotRow {

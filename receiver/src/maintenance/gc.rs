@@ -19,9 +19,9 @@ use backup_common::durable;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::repository::{RepoError, Repository};
+use crate::store::repository::{RepoError, Repository};
+use crate::store::trash;
 use crate::testhook;
-use crate::trash;
 
 /// What a collection found and freed (or, dry, would free).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use backup_common::chunk::ChunkId;
 use backup_common::manifest::{ChunkRef, Manifest, ObjectEntry, SnapshotStats, FORMAT_VERSION};
-use backup_receiver::repository::Repository;
+use backup_receiver::store::repository::Repository;
 use chrono::{DateTime, TimeZone, Utc};
 
 fn receiver(args: &[&str], clock: Option<&std::path::Path>) -> Output {

@@ -1,0 +1,7 @@
+//! The operator's tools on the NAS: listing snapshots, restoring them, and the restore drill
+//! with its sandbox PostgreSQL. They read the repository and write only their own output.
+
+pub mod drill;
+pub mod restore;
+pub mod sandbox_pg;
+pub mod snapshots;

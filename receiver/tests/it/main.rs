@@ -1,0 +1,4 @@
+//! The receiver binary's command-line tests, one test binary.
+
+mod cli;
+mod maintenance;

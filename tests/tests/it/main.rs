@@ -1,0 +1,18 @@
+//! The end-to-end suite as one test binary (one link instead of one per file): real
+//! PostgreSQL, a real S3 server, and the real binaries over mutual TLS on loopback.
+
+mod crash;
+mod drill;
+mod drill_hostile;
+mod example_configs;
+mod harness;
+mod heal;
+mod hostile;
+mod hostile_limits;
+mod measured;
+mod monitoring;
+mod nightly;
+mod restore_safety;
+mod runbook;
+mod tailscale_policy;
+mod two_months;
