@@ -19,12 +19,13 @@
 
 use std::path::PathBuf;
 
-use backup_common::durable::{self, Published};
+use backup_common::durable::Published;
 use backup_common::manifest::Manifest;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::repository::{RepoError, Repository};
+use crate::store::backend::{valid_name, Space};
+use crate::store::repository::{json_names, RepoError, Repository};
 
 /// The three kinds of verdict file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +37,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn dir(self) -> &'static str {
+    fn space(self) -> Space {
         match self {
-            Kind::Ack => "acks",
-            Kind::Reject => "rejects",
-            Kind::DrillPassed => "drills",
-            Kind::Contested => "contested",
+            Kind::Ack => Space::Acks,
+            Kind::Reject => Space::Rejects,
+            Kind::DrillPassed => Space::Drills,
+            Kind::Contested => Space::Contested,
         }
     }
 }
@@ -78,39 +79,34 @@ pub enum AckError {
     AlreadyAcknowledged(String, PathBuf),
     #[error("snapshot {0} was already rejected ({1})")]
     AlreadyRejected(String, PathBuf),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
-fn path(repo: &Repository, kind: Kind, snapshot_id: &str) -> PathBuf {
-    repo.root()
-        .join(kind.dir())
-        .join(format!("{snapshot_id}.json"))
-}
-
+/// The one definition of "this verdict exists": its object is in the store.
 fn exists(repo: &Repository, kind: Kind, snapshot_id: &str) -> bool {
-    Repository::check_name(snapshot_id).is_ok() && path(repo, kind, snapshot_id).is_file()
+    valid_name(snapshot_id)
+        && repo
+            .store()
+            .has_object(kind.space(), &format!("{snapshot_id}.json"))
 }
 
 /// Ids with a verdict of `kind`, sorted (for caches that must notice a new verdict).
 pub fn ids(repo: &Repository, kind: Kind) -> Result<Vec<String>, RepoError> {
-    let dir = repo.root().join(kind.dir());
-    match crate::store::repository::json_names(&dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        other => other.map_err(|source| RepoError::Io { path: dir, source }),
-    }
+    Ok(json_names(repo.store().list(kind.space())?))
 }
 
+/// Where a verdict is, relative to the repository (for messages).
+pub fn location(kind: Kind, snapshot_id: &str) -> PathBuf {
+    PathBuf::from(kind.space().dir()).join(format!("{snapshot_id}.json"))
+}
+
+/// Where an acknowledgement is, for messages.
 pub fn ack_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
-    path(repo, Kind::Ack, snapshot_id)
+    PathBuf::from(repo.describe()).join(location(Kind::Ack, snapshot_id))
 }
 
+/// Where a rejection is, for messages.
 pub fn reject_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
-    path(repo, Kind::Reject, snapshot_id)
+    PathBuf::from(repo.describe()).join(location(Kind::Reject, snapshot_id))
 }
 
 /// Whether an operator acknowledged snapshot `snapshot_id`.
@@ -164,15 +160,9 @@ pub fn not_good_because(repo: &Repository, manifest: &Manifest) -> Option<String
 }
 
 fn write(repo: &Repository, kind: Kind, record: &Ack) -> Result<Published, AckError> {
-    let dir = repo.root().join(kind.dir());
-    durable::create_private_dir_all(&dir).map_err(|source| AckError::Io {
-        path: dir.clone(),
-        source,
-    })?;
     let bytes = serde_json::to_vec_pretty(record).expect("verdict serializes");
     let name = format!("{}.json", record.snapshot);
-    durable::write_once(&repo.tmp_dir(), &dir, &name, &bytes)
-        .map_err(|source| AckError::Io { path: dir, source })
+    Ok(repo.store().create_object(kind.space(), &name, &bytes)?)
 }
 
 /// Acknowledges a suspect snapshot (`name` is an id; `latest` means the newest snapshot,
