@@ -72,7 +72,8 @@ enum Command {
         repo: PathBuf,
     },
     /// Remove chunks that no snapshot (kept or in the trash) references and that are older
-    /// than retention.gc_grace. Takes no lock; safe while backups run.
+    /// than retention.gc_grace or used by a session `serve` has open. Safe while backups
+    /// run; an `undelete` waits while it marks.
     Gc {
         #[command(flatten)]
         target: RepoTarget,

@@ -198,4 +198,38 @@ mod tests {
             SystemTime::from(early)
         );
     }
+
+    #[test]
+    fn the_memory_store_collects_alike_and_the_mark_lock_keeps_undelete_out() {
+        use crate::store::memory::MemStore;
+        let repo = Maintainer::new(MemStore::new());
+        let now = SystemTime::now();
+        let old = now - Duration::from_secs(3 * 86400);
+        let kept = chunk(&repo, b"kept", old);
+        let trashed = chunk(&repo, b"in trash", old);
+        let garbage = chunk(&repo, b"garbage", old);
+        let young = chunk(&repo, b"young", now);
+        repo.publish_manifest(&manifest("s1", &[kept])).unwrap();
+        repo.publish_manifest(&manifest("s2", &[trashed])).unwrap();
+        trash::move_to_trash(&repo, "s2", Utc::now()).unwrap();
+        let cut = cutoff(Utc::now(), Duration::from_secs(48 * 3600), None);
+
+        // While a mark holds the lock, an undelete cannot take it.
+        let marking = repo.maintain_store().lock_mark(true).unwrap().unwrap();
+        assert!(repo.maintain_store().lock_mark(false).unwrap().is_none());
+        drop(marking);
+
+        let r = collect(&repo, cut, cut, false).unwrap();
+        assert_eq!((r.manifests, r.referenced_chunks), (2, 2));
+        assert_eq!((r.removed_chunks, r.young_unreferenced), (1, 1));
+        assert!(!repo.has_chunk(&garbage));
+        for id in [kept, trashed, young] {
+            assert!(repo.has_chunk(&id));
+        }
+        // Undelete moves the manifest back without replacing; its chunks stay marked.
+        trash::undelete(&repo, "s2").unwrap();
+        assert!(trash::entries(&repo).unwrap().is_empty());
+        assert_eq!(collect(&repo, cut, cut, false).unwrap().removed_chunks, 0);
+        assert!(repo.has_chunk(&trashed));
+    }
 }

@@ -242,12 +242,12 @@ impl Monitor {
             })
             .flatten();
         let (mut chunks, mut stored_bytes) = (0, 0);
-        match repo.store().list_chunks() {
-            Ok(all) => {
-                chunks = all.len() as u64;
-                stored_bytes = all.iter().map(|(_, size)| size).sum();
-            }
-            Err(e) => tracing::warn!(error = %e, "monitor: cannot list chunks"),
+        let walked = repo.store().for_each_chunk(&mut |_, size| {
+            chunks += 1;
+            stored_bytes += size;
+        });
+        if let Err(e) = walked {
+            tracing::warn!(error = %e, "monitor: cannot list chunks");
         }
         let free_bytes = repo
             .store()

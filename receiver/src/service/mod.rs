@@ -790,20 +790,8 @@ impl BackupService {
         let base = Self::snapshot_id_base(now);
         let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, RepoError> {
             crate::testhook::pause(crate::testhook::COMMIT_BEFORE_PUBLISH);
-            for n in 0..100 {
-                manifest.id = if n == 0 {
-                    base.clone()
-                } else {
-                    format!("{base}-{n}")
-                };
-                if repo.publish_manifest(&manifest)? {
-                    return Ok(manifest);
-                }
-            }
-            Err(RepoError::Io {
-                path: std::path::PathBuf::from(repo.describe()).join("snapshots"),
-                source: std::io::Error::other("no free snapshot id"),
-            })
+            repo.publish_snapshot(&mut manifest, &base)?;
+            Ok(manifest)
         })
         .await
         .map_err(join_status)?

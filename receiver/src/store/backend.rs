@@ -108,8 +108,9 @@ pub trait AppendStore: Send + Sync + std::fmt::Debug {
     fn read_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, RepoError>;
     /// Size of the stored form of a chunk.
     fn chunk_size(&self, id: &ChunkId) -> Option<u64>;
-    /// Every stored chunk and its stored size, in no particular order.
-    fn list_chunks(&self) -> Result<Vec<(ChunkId, u64)>, RepoError>;
+    /// Calls `visit` with every stored chunk and its stored size, in no particular order
+    /// (one at a time: a repository holds millions).
+    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkId, u64)) -> Result<(), RepoError>;
     /// Creates `space/name` durably if the name is free; an existing object is left as it
     /// is and reported as [`Published::AlreadyExisted`].
     fn create_object(&self, space: Space, name: &str, bytes: &[u8])

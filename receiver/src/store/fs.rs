@@ -265,17 +265,15 @@ impl AppendStore for FsStore {
         fs::metadata(self.chunk_path(id)).ok().map(|m| m.len())
     }
 
-    fn list_chunks(&self) -> Result<Vec<(ChunkId, u64)>, RepoError> {
-        let mut out = Vec::new();
+    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkId, u64)) -> Result<(), RepoError> {
         self.walk_chunks(|id, path| {
             if let Ok(md) = fs::metadata(&path) {
                 if md.is_file() {
-                    out.push((id, md.len()));
+                    visit(id, md.len());
                 }
             }
             Ok(false)
-        })?;
-        Ok(out)
+        })
     }
 
     fn create_object(

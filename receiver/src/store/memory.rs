@@ -104,12 +104,12 @@ impl AppendStore for MemStore {
         s.chunks.get(id).map(|c| c.0.len() as u64)
     }
 
-    fn list_chunks(&self) -> Result<Vec<(ChunkId, u64)>, RepoError> {
+    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkId, u64)) -> Result<(), RepoError> {
         let s = self.state.lock().unwrap();
-        Ok(s.chunks
-            .iter()
-            .map(|(id, c)| (*id, c.0.len() as u64))
-            .collect())
+        for (id, c) in &s.chunks {
+            visit(*id, c.0.len() as u64);
+        }
+        Ok(())
     }
 
     fn create_object(

@@ -186,11 +186,6 @@ impl Repository {
         Ok(chunk::decode_stored(*id, &stored)?)
     }
 
-    /// Size of the stored (possibly compressed) chunk file.
-    pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
-        self.store.chunk_size(id)
-    }
-
     /// Publishes a manifest under `snapshots/<id>.json`. Returns false when that id is taken.
     pub fn publish_manifest(&self, manifest: &Manifest) -> Result<bool, RepoError> {
         let name = format!("{}.json", manifest.id);
@@ -199,9 +194,23 @@ impl Repository {
         Ok(published == Published::Created)
     }
 
-    pub fn snapshot_exists(&self, id: &str) -> bool {
-        self.store
-            .has_object(Space::Snapshots, &format!("{id}.json"))
+    /// Publishes `manifest` under the first free id of `base`, `base-1`, … `base-99`
+    /// (create-if-absent, so two commits can never take the same id) and sets its id.
+    pub fn publish_snapshot(&self, manifest: &mut Manifest, base: &str) -> Result<(), RepoError> {
+        for n in 0..100 {
+            manifest.id = if n == 0 {
+                base.to_string()
+            } else {
+                format!("{base}-{n}")
+            };
+            if self.publish_manifest(manifest)? {
+                return Ok(());
+            }
+        }
+        Err(RepoError::Io {
+            path: PathBuf::from(self.describe()).join(Space::Snapshots.dir()),
+            source: io::Error::other("no free snapshot id"),
+        })
     }
 
     /// Snapshot ids, oldest first (ids sort by the receiver's commit time).
@@ -221,7 +230,7 @@ impl Repository {
         name: &str,
         id: &str,
     ) -> Result<Manifest, RepoError> {
-        let path = PathBuf::from(format!("{}/{name}", space.dir()));
+        let path = PathBuf::from(self.describe()).join(space.dir()).join(name);
         let bytes = self
             .store
             .read_object(space, name)?
@@ -283,55 +292,5 @@ impl Repository {
             return Err(RepoError::NoSuchSnapshot(name.to_string()));
         }
         Ok(())
-    }
-
-    /// Resolves a snapshot name for an operator: an id (any status), or `latest` for the
-    /// newest good snapshot. With `allow_suspect` false, a snapshot that is not good (the
-    /// guard flagged it and nobody acknowledged it, or an operator rejected it) is refused
-    /// with the reason; the caller says so when it is allowed.
-    pub fn resolve(&self, name: &str, allow_suspect: bool) -> Result<Manifest, RepoError> {
-        if name == "latest" {
-            return self.latest_good()?.ok_or_else(|| {
-                if self.snapshot_ids().is_ok_and(|ids| ids.is_empty()) {
-                    RepoError::Empty
-                } else {
-                    RepoError::NoGoodSnapshot
-                }
-            });
-        }
-        Self::check_name(name)?;
-        let m = self.load_manifest(name)?;
-        if !allow_suspect {
-            if let Some(why) = crate::store::verdicts::not_good_because(self, &m) {
-                return Err(RepoError::NotGood { id: m.id, why });
-            }
-        }
-        Ok(m)
-    }
-
-    /// Resolves an id, or `latest` for the newest snapshot whatever its status (what `ack`
-    /// acknowledges after a flagged night).
-    pub fn resolve_any(&self, name: &str) -> Result<Manifest, RepoError> {
-        if name == "latest" {
-            let ids = self.snapshot_ids()?;
-            let newest = ids.last().ok_or(RepoError::Empty)?;
-            return self.load_manifest(newest);
-        }
-        Self::check_name(name)?;
-        self.load_manifest(name)
-    }
-
-    /// The newest good snapshot (see [`crate::store::verdicts`]): the base for the next delta, the
-    /// guard's baseline, and `latest`.
-    pub fn latest_good(&self) -> Result<Option<Manifest>, RepoError> {
-        let mut found = None;
-        self.for_each_manifest_newest_first(|m| {
-            if crate::store::verdicts::is_good(self, &m) {
-                found = Some(m);
-                return false;
-            }
-            true
-        })?;
-        Ok(found)
     }
 }

@@ -247,6 +247,60 @@ pub fn record_drill_passed(
     .map(drop)
 }
 
+/// Choosing snapshots by their verdicts. Here, not in repository.rs, so the repository does
+/// not depend on its verdicts (they depend on it).
+impl Repository {
+    /// Resolves a snapshot name for an operator: an id (any status), or `latest` for the
+    /// newest good snapshot. With `allow_suspect` false, a snapshot that is not good (the
+    /// guard flagged it and nobody acknowledged it, or an operator rejected it) is refused
+    /// with the reason; the caller says so when it is allowed.
+    pub fn resolve(&self, name: &str, allow_suspect: bool) -> Result<Manifest, RepoError> {
+        if name == "latest" {
+            return self.latest_good()?.ok_or_else(|| {
+                if self.snapshot_ids().is_ok_and(|ids| ids.is_empty()) {
+                    RepoError::Empty
+                } else {
+                    RepoError::NoGoodSnapshot
+                }
+            });
+        }
+        Self::check_name(name)?;
+        let m = self.load_manifest(name)?;
+        if !allow_suspect {
+            if let Some(why) = not_good_because(self, &m) {
+                return Err(RepoError::NotGood { id: m.id, why });
+            }
+        }
+        Ok(m)
+    }
+
+    /// Resolves an id, or `latest` for the newest snapshot whatever its status (what `ack`
+    /// acknowledges after a flagged night).
+    pub fn resolve_any(&self, name: &str) -> Result<Manifest, RepoError> {
+        if name == "latest" {
+            let ids = self.snapshot_ids()?;
+            let newest = ids.last().ok_or(RepoError::Empty)?;
+            return self.load_manifest(newest);
+        }
+        Self::check_name(name)?;
+        self.load_manifest(name)
+    }
+
+    /// The newest good snapshot (see this module): the base for the next delta, the
+    /// guard's baseline, and `latest`.
+    pub fn latest_good(&self) -> Result<Option<Manifest>, RepoError> {
+        let mut found = None;
+        self.for_each_manifest_newest_first(|m| {
+            if is_good(self, &m) {
+                found = Some(m);
+                return false;
+            }
+            true
+        })?;
+        Ok(found)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
