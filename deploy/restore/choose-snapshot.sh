@@ -16,7 +16,7 @@
 #      a compromise; otherwise take the newest good one (and drill it, §5.1).
 #
 # Environment (defaults for heim-nas):
-#   REPO             /srv/backup/familienarchiv   (its audit.log is read as well)
+#   REPO             /srv/backup/familienarchiv   (its audit log, ${REPO}.audit/audit.log, is read as well)
 #   BACKUP_RECEIVER  backup-receiver
 #   DRILL_REPORTS    /srv/backup/drill-reports
 # Needs: jq.
@@ -35,7 +35,7 @@ case $before in
     exit 2
     ;;
 esac
-audit=$REPO/audit.log
+audit=${REPO%/}.audit/audit.log
 
 echo "== Audit log ($audit): suspect snapshots, refused commits, acknowledgements"
 if [ -f "$audit" ]; then

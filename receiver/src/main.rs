@@ -15,7 +15,7 @@ use backup_receiver::monitoring::guard;
 use backup_receiver::operator::snapshots::{self, SnapshotRow};
 use backup_receiver::operator::{drill, restore};
 use backup_receiver::service::server;
-use backup_receiver::store::repository::Repository;
+use backup_receiver::store::repository::{Maintainer, Repository};
 use backup_receiver::store::{trash, verdicts};
 use clap::{Args, Parser, Subcommand};
 
@@ -72,7 +72,8 @@ enum Command {
         repo: PathBuf,
     },
     /// Remove chunks that no snapshot (kept or in the trash) references and that are older
-    /// than retention.gc_grace. Takes no lock; safe while backups run.
+    /// than retention.gc_grace or used by a session `serve` has open. Safe while backups
+    /// run; an `undelete` waits while it marks.
     Gc {
         #[command(flatten)]
         target: RepoTarget,
@@ -142,7 +143,7 @@ struct RepoTarget {
 }
 
 impl RepoTarget {
-    fn open(&self) -> anyhow::Result<(Repository, RetentionConfig)> {
+    fn open(&self) -> anyhow::Result<(Maintainer, RetentionConfig)> {
         let config = self
             .config
             .as_deref()
@@ -154,7 +155,7 @@ impl RepoTarget {
             (None, None) => anyhow::bail!("give --repo or --config"),
         };
         let retention = config.map(|c| c.retention).unwrap_or_default();
-        Ok((Repository::open(&repo)?, retention))
+        Ok((Maintainer::open(&repo)?, retention))
     }
 }
 
@@ -397,7 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Undelete { snapshot, repo } => {
-            let repo = Repository::open(&repo)?;
+            let repo = Maintainer::open(&repo)?;
             let entry = trash::undelete(&repo, &snapshot)?;
             println!(
                 "snapshot {} is back (pruned at {}) and held against prune",
@@ -409,12 +410,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { target, dry_run } => {
             let (repo, cfg) = target.open()?;
             let now = clock::from_env()();
-            let cut = gc::cutoff(now, cfg.gc_grace.0, None);
+            // The sessions `serve` has open hold the cut-off back through their leases.
+            let cut = gc::cutoff_with_leases(&repo, now, cfg.gc_grace.0, None)?;
             let tmp_cut = std::time::SystemTime::now()
                 .checked_sub(cfg.gc_grace.0)
                 .unwrap_or(std::time::UNIX_EPOCH);
-            let r = tokio::task::spawn_blocking(move || gc::collect(&repo, cut, tmp_cut, dry_run))
-                .await??;
+            let r = tokio::task::spawn_blocking(move || {
+                let r = gc::collect(&repo, cut, tmp_cut, dry_run)?;
+                if !dry_run {
+                    backup_receiver::store::leases::clean(&repo, now)?;
+                }
+                Ok::<_, backup_receiver::store::repository::RepoError>(r)
+            })
+            .await??;
             let verb = if dry_run { "would free" } else { "freed" };
             println!(
                 "{} manifests reference {} chunks; {} chunks seen; {verb} {} chunks ({}); {} unreferenced chunks are younger than the grace period",
@@ -433,7 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             read_data_subset,
             json,
         } => {
-            let repo = Repository::open(&repo)?;
+            let repo = Maintainer::open(&repo)?;
             let read = match (read_data, read_data_subset) {
                 (true, _) => verify::ReadData::All,
                 (false, Some(subset)) => subset,
@@ -677,7 +685,8 @@ fn audit_verdict(
     v: &verdicts::Ack,
     now: chrono::DateTime<chrono::Utc>,
 ) {
-    AuditLog::new(repo.root()).record(
+    let dir = backup_receiver::monitoring::audit::dir_for(std::path::Path::new(&repo.describe()));
+    AuditLog::new(&dir).record(
         now,
         event,
         serde_json::json!({

@@ -13,6 +13,8 @@ pub const PAUSE_ENV: &str = "BACKUP_RECEIVER_TEST_PAUSE";
 pub const COMMIT_BEFORE_PUBLISH: &str = "commit-before-publish";
 /// Prune: the first manifest has moved to the trash, the others have not.
 pub const PRUNE_AFTER_FIRST_MOVE: &str = "prune-after-first-move";
+/// Garbage collection's mark: the snapshots are read, the trash is not (the mark lock held).
+pub const GC_MARK_BEFORE_TRASH: &str = "gc-mark-before-trash";
 /// Garbage collection: the first unreferenced chunk is removed, the others are not.
 pub const GC_AFTER_FIRST_REMOVE: &str = "gc-after-first-remove";
 

@@ -414,7 +414,7 @@ impl Stored {
 
 /// The audit log's records (JSON lines).
 pub fn audit(repo: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(repo.join("audit.log"))
+    std::fs::read_to_string(backup_receiver::monitoring::audit::dir_for(repo).join("audit.log"))
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).expect("audit line is JSON"))

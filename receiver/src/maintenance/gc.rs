@@ -1,25 +1,23 @@
 //! Garbage collection, in two phases on the receiver's own clock (after Proxmox Backup
-//! Server): mark every chunk that any manifest in `snapshots/` or `trash/` references, then
-//! sweep only chunks that are unmarked AND whose mtime is older than a cut-off. Upload
-//! sessions set a chunk's mtime when they store it and move it forward when they find it
-//! already present (MissingChunks), so a cut-off before the oldest live session (and
-//! `retention.gc_grace` back, for abandoned sessions that may resume) protects every chunk
-//! a not-yet-committed snapshot may reference. No lock is taken: backups keep running.
-//! It never runs on a network request.
+//! Server): mark every chunk that any manifest in the snapshots or the trash references,
+//! then sweep only chunks that are unmarked AND not in use since a cut-off. Upload sessions
+//! mark a chunk in use when they store it and again when they find it already present
+//! (MissingChunks), so a cut-off before the oldest live session (`serve`'s own, and every
+//! live session lease in the store, for a `gc` run from the CLI) and `retention.gc_grace`
+//! back (for abandoned sessions that may resume) protects every chunk a not-yet-committed
+//! snapshot may reference. Backups keep running; the mark holds the store's mark lock,
+//! which `undelete` takes too. It never runs on a network request.
 
 use std::collections::HashSet;
-use std::fs;
-use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use backup_common::chunk::ChunkId;
-use backup_common::durable;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::store::repository::{RepoError, Repository};
+use crate::store::backend::keep_marked;
+use crate::store::leases;
+use crate::store::repository::{Maintainer, RepoError, Repository};
 use crate::store::trash;
 use crate::testhook;
 
@@ -52,142 +50,78 @@ pub fn cutoff(
     SystemTime::from(t)
 }
 
+/// The cut-off of [`cutoff`], held back further by the oldest live session lease in the
+/// store (sessions `serve` has open, seen from any process).
+pub fn cutoff_with_leases(
+    repo: &Repository,
+    now: DateTime<Utc>,
+    gc_grace: Duration,
+    oldest_session: Option<DateTime<Utc>>,
+) -> Result<SystemTime, RepoError> {
+    let leased = leases::oldest_live(repo, now)?;
+    let oldest = match (oldest_session, leased) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(cutoff(now, gc_grace, oldest))
+}
+
 /// The mark phase: every chunk id some manifest (kept or in the trash) references, read one
-/// manifest at a time. Snapshots are listed, then the trash, then the snapshots again: a
-/// manifest an `undelete` moves back while we read the trash is caught by the second
-/// listing, one a prune moves to the trash was read in the first. A manifest that vanishes
-/// mid-read makes us start over; an unreadable one stops the collection.
-pub fn mark(repo: &Repository) -> Result<(HashSet<ChunkId>, u64), RepoError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = (|| {
-            let mut set = HashSet::new();
-            let mut seen = HashSet::new();
-            for id in repo.snapshot_ids()? {
-                let m = repo.load_manifest(&id)?;
+/// manifest at a time, under the store's mark lock. Closed by construction: while the lock
+/// is held, `undelete` (the only move from the trash back to the snapshots) waits, so a
+/// manifest only moves forward, snapshots -> trash -> removed, and the mark reads in that
+/// order: one that leaves the snapshots while they are read is in the trash when the
+/// trash is read; one that leaves the trash was purged. An unreadable one stops the
+/// collection.
+pub fn mark(repo: &Maintainer) -> Result<(HashSet<ChunkId>, u64), RepoError> {
+    let _lock = repo
+        .maintain_store()
+        .lock_mark(true)?
+        .expect("a waiting lock is taken");
+    let mut set = HashSet::new();
+    let mut count = 0;
+    for id in repo.snapshot_ids()? {
+        match repo.load_manifest(&id) {
+            Ok(m) => {
                 set.extend(m.chunk_refs().map(|r| r.id));
-                seen.insert(id);
+                count += 1;
             }
-            let trashed = trash::manifests(repo)?;
-            let mut count = seen.len() as u64 + trashed.len() as u64;
-            for m in &trashed {
-                set.extend(m.chunk_refs().map(|r| r.id));
-            }
-            drop(trashed);
-            for id in repo.snapshot_ids()? {
-                if !seen.contains(&id) {
-                    let m = repo.load_manifest(&id)?;
-                    set.extend(m.chunk_refs().map(|r| r.id));
-                    count += 1;
-                }
-            }
-            Ok((set, count))
-        })();
-        match result {
-            Err(RepoError::NoSuchSnapshot(_)) if attempt < 5 => continue,
-            other => return other,
+            Err(RepoError::NoSuchSnapshot(_)) => continue, // pruned meanwhile: in the trash
+            Err(e) => return Err(e),
         }
     }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io {
-        path: path.to_path_buf(),
-        source,
+    testhook::pause(testhook::GC_MARK_BEFORE_TRASH);
+    for e in trash::entries(repo)? {
+        if let Some(m) = trash::load(repo, &e)? {
+            set.extend(m.chunk_refs().map(|r| r.id));
+            count += 1;
+        }
     }
+    Ok((set, count))
 }
 
-fn mtime(path: &Path) -> io::Result<SystemTime> {
-    fs::metadata(path)?.modified()
-}
-
-/// Marks, then sweeps chunks that are unreferenced and older than `cutoff`.
-/// `tmp_cutoff` (wall clock) bounds the staging files it removes from `tmp/`.
+/// Marks, then sweeps chunks that are unreferenced and not in use since `cutoff`.
+/// `tmp_cutoff` (wall clock) bounds the staging it removes.
 pub fn collect(
-    repo: &Repository,
+    repo: &Maintainer,
     cutoff: SystemTime,
     tmp_cutoff: SystemTime,
     dry_run: bool,
 ) -> Result<GcReport, RepoError> {
     let (marked, manifests) = mark(repo)?;
-    let mut report = GcReport {
+    let store = repo.maintain_store();
+    let swept = store.sweep(&keep_marked(&marked), cutoff, dry_run)?;
+    let removed_tmp_files = store.sweep_staging(tmp_cutoff, dry_run)?;
+    Ok(GcReport {
         manifests,
         referenced_chunks: marked.len() as u64,
+        chunks_seen: swept.seen,
+        young_unreferenced: swept.young,
+        removed_chunks: swept.removed,
+        removed_bytes: swept.removed_bytes,
+        removed_tmp_files,
         dry_run,
-        ..GcReport::default()
-    };
-    let chunks = repo.chunks_dir();
-    let mut dirs: Vec<_> = fs::read_dir(&chunks)
-        .map_err(io_err(&chunks))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    for dir in dirs {
-        let mut removed_here = false;
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| ChunkId::from_hex(n).ok())
-            else {
-                continue; // not a chunk: not ours to remove
-            };
-            report.chunks_seen += 1;
-            if marked.contains(&id) {
-                continue;
-            }
-            let path = entry.path();
-            let Ok(meta) = fs::metadata(&path) else {
-                continue;
-            };
-            if meta.modified().map_or(true, |t| t >= cutoff) {
-                report.young_unreferenced += 1;
-                continue;
-            }
-            if !dry_run {
-                // Read the mtime again right before removing: a session may have just
-                // found this chunk present and touched it.
-                if mtime(&path).map_or(true, |t| t >= cutoff) {
-                    report.young_unreferenced += 1;
-                    continue;
-                }
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(source) => return Err(RepoError::Io { path, source }),
-                }
-                removed_here = true;
-            }
-            report.removed_chunks += 1;
-            report.removed_bytes += meta.len();
-            if !dry_run {
-                testhook::pause(testhook::GC_AFTER_FIRST_REMOVE);
-            }
-        }
-        if removed_here {
-            durable::sync_dir(&dir).map_err(io_err(&dir))?;
-        }
-    }
-    // Staging files carry the receiver clock's mtime, so their age is read from the
-    // ctime, which only the kernel sets.
-    let tmp = repo.tmp_dir();
-    for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
-        let entry = entry.map_err(io_err(&tmp))?;
-        let path = entry.path();
-        let changed = fs::metadata(&path)
-            .map(|m| SystemTime::UNIX_EPOCH + Duration::from_secs(m.ctime().max(0) as u64));
-        if path.is_file() && changed.is_ok_and(|t| t < tmp_cutoff) {
-            if !dry_run {
-                let _ = fs::remove_file(&path);
-            }
-            report.removed_tmp_files += 1;
-        }
-    }
-    Ok(report)
+    })
 }
 
 #[cfg(test)]
@@ -196,7 +130,7 @@ mod tests {
     use backup_common::chunk::ChunkId;
     use backup_common::manifest::{ChunkRef, Manifest, ObjectEntry, SnapshotStats, FORMAT_VERSION};
 
-    fn chunk(repo: &Repository, data: &[u8], at: SystemTime) -> ChunkId {
+    fn chunk(repo: &Maintainer, data: &[u8], at: SystemTime) -> ChunkId {
         let id = ChunkId(*blake3::hash(data).as_bytes());
         repo.put_chunk_at(&id, false, data, at).unwrap();
         id
@@ -228,7 +162,7 @@ mod tests {
     #[test]
     fn sweeps_only_old_unreferenced_chunks_and_keeps_trash_references() {
         let d = tempfile::tempdir().unwrap();
-        let repo = Repository::open_or_init(d.path()).unwrap();
+        let repo = Maintainer::open_or_init(d.path()).unwrap();
         let now = SystemTime::now();
         let old = now - Duration::from_secs(3 * 86400);
         let kept = chunk(&repo, b"kept", old);
@@ -263,5 +197,39 @@ mod tests {
             cutoff(Utc::now(), Duration::from_secs(3600), Some(early)),
             SystemTime::from(early)
         );
+    }
+
+    #[test]
+    fn the_memory_store_collects_alike_and_the_mark_lock_keeps_undelete_out() {
+        use crate::store::memory::MemStore;
+        let repo = Maintainer::new(MemStore::new());
+        let now = SystemTime::now();
+        let old = now - Duration::from_secs(3 * 86400);
+        let kept = chunk(&repo, b"kept", old);
+        let trashed = chunk(&repo, b"in trash", old);
+        let garbage = chunk(&repo, b"garbage", old);
+        let young = chunk(&repo, b"young", now);
+        repo.publish_manifest(&manifest("s1", &[kept])).unwrap();
+        repo.publish_manifest(&manifest("s2", &[trashed])).unwrap();
+        trash::move_to_trash(&repo, "s2", Utc::now()).unwrap();
+        let cut = cutoff(Utc::now(), Duration::from_secs(48 * 3600), None);
+
+        // While a mark holds the lock, an undelete cannot take it.
+        let marking = repo.maintain_store().lock_mark(true).unwrap().unwrap();
+        assert!(repo.maintain_store().lock_mark(false).unwrap().is_none());
+        drop(marking);
+
+        let r = collect(&repo, cut, cut, false).unwrap();
+        assert_eq!((r.manifests, r.referenced_chunks), (2, 2));
+        assert_eq!((r.removed_chunks, r.young_unreferenced), (1, 1));
+        assert!(!repo.has_chunk(&garbage));
+        for id in [kept, trashed, young] {
+            assert!(repo.has_chunk(&id));
+        }
+        // Undelete moves the manifest back without replacing; its chunks stay marked.
+        trash::undelete(&repo, "s2").unwrap();
+        assert!(trash::entries(&repo).unwrap().is_empty());
+        assert_eq!(collect(&repo, cut, cut, false).unwrap().removed_chunks, 0);
+        assert!(repo.has_chunk(&trashed));
     }
 }

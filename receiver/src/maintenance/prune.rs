@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::store::repository::{RepoError, Repository};
+use crate::store::repository::{Maintainer, RepoError, Repository};
 use crate::store::trash::{self, TrashEntry};
 use crate::store::verdicts;
 use crate::testhook;
@@ -234,7 +234,7 @@ pub fn candidates(repo: &Repository) -> Result<Vec<Candidate>, RepoError> {
 /// removes trash entries older than the grace period. Any unreadable manifest stops the
 /// prune before anything moves.
 pub fn prune(
-    repo: &Repository,
+    repo: &Maintainer,
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
     dry_run: bool,
@@ -244,8 +244,8 @@ pub fn prune(
     for d in decisions.iter().filter(|d| !d.kept()) {
         if !dry_run {
             match trash::move_to_trash(repo, &d.id, now) {
-                Ok(path) => {
-                    tracing::info!(snapshot = %d.id, trash = %path.display(), "snapshot pruned");
+                Ok(name) => {
+                    tracing::info!(snapshot = %d.id, trash = %name, "snapshot pruned");
                     testhook::pause(testhook::PRUNE_AFTER_FIRST_MOVE);
                 }
                 // Moved by a concurrent prune meanwhile.

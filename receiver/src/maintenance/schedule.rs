@@ -11,24 +11,26 @@ use chrono::{DateTime, Utc};
 use crate::clock::Clock;
 use crate::maintenance::gc::{self, GcReport};
 use crate::maintenance::prune::{self, PruneReport};
-use crate::store::repository::{RepoError, Repository};
+use crate::store::leases;
+use crate::store::repository::{Maintainer, RepoError};
 
 /// Start time of the oldest upload session still open, if any.
 pub type OldestSession = Arc<dyn Fn() -> Option<DateTime<Utc>> + Send + Sync>;
 
 /// One maintenance pass: prune, purge expired trash, collect garbage.
 pub fn run_once(
-    repo: &Repository,
+    repo: &Maintainer,
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
     oldest_session: Option<DateTime<Utc>>,
 ) -> Result<(PruneReport, GcReport), RepoError> {
     let pruned = prune::prune(repo, cfg, now, false)?;
-    let cut = gc::cutoff(now, cfg.gc_grace.0, oldest_session);
+    let cut = gc::cutoff_with_leases(repo, now, cfg.gc_grace.0, oldest_session)?;
     let tmp_cut = SystemTime::now()
         .checked_sub(cfg.gc_grace.0)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let collected = gc::collect(repo, cut, tmp_cut, false)?;
+    leases::clean(repo, now)?;
     Ok((pruned, collected))
 }
 
@@ -45,7 +47,7 @@ impl Drop for Maintenance {
 
 /// Starts the schedule; an interval of zero turns it off.
 pub fn spawn(
-    repo: Repository,
+    repo: Maintainer,
     cfg: RetentionConfig,
     clock: Clock,
     oldest_session: OldestSession,

@@ -8,15 +8,13 @@
 //! chunk heals. Damage is reported with the snapshots and objects it affects.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io;
 use std::path::PathBuf;
 
 use backup_common::chunk::ChunkId;
-use backup_common::durable;
 use serde::Serialize;
 
-use crate::store::repository::{RepoError, Repository};
+use crate::store::backend::Space;
+use crate::store::repository::{Maintainer, RepoError};
 
 /// How much chunk data to read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,46 +102,20 @@ impl VerifyReport {
     }
 }
 
-/// Moves a chunk file to `quarantine/<hex>` (or `<hex>.N` if that name is taken).
-pub fn quarantine(repo: &Repository, id: &ChunkId) -> Result<PathBuf, RepoError> {
-    let dir = repo.quarantine_dir();
-    durable::create_private_dir_all(&dir).map_err(|source| RepoError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let from = repo.chunk_path(id);
-    let hex = id.to_hex();
-    let mut n = 0;
-    loop {
-        let name = if n == 0 {
-            hex.clone()
-        } else {
-            format!("{hex}.{n}")
-        };
-        let to = dir.join(name);
-        // Link then unlink: no existing quarantined copy is ever replaced.
-        match fs::hard_link(&from, &to) {
-            Ok(()) => {
-                let io = |source| RepoError::Io {
-                    path: from.clone(),
-                    source,
-                };
-                durable::sync_dir(&dir).map_err(io)?;
-                fs::remove_file(&from).map_err(io)?;
-                durable::sync_dir(from.parent().expect("chunk dir")).map_err(io)?;
-                return Ok(to);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
-            Err(source) => return Err(RepoError::Io { path: to, source }),
-        }
-    }
+/// Moves a chunk into the store's quarantine (as `<hex>`, or `<hex>.N` if that name is
+/// taken); returns where it went.
+pub fn quarantine(repo: &Maintainer, id: &ChunkId) -> Result<PathBuf, RepoError> {
+    let name = repo.maintain_store().quarantine(id)?;
+    Ok(PathBuf::from(repo.describe())
+        .join(Space::Quarantine.dir())
+        .join(name))
 }
 
 /// Checks every chunk the snapshots reference; with `read`, re-reads and re-hashes them.
 /// Corrupt chunks are quarantined when `quarantine_corrupt` is true. Manifests are read one
 /// at a time (twice when there is damage, to name what it affects).
 pub fn verify(
-    repo: &Repository,
+    repo: &Maintainer,
     read: ReadData,
     quarantine_corrupt: bool,
 ) -> Result<VerifyReport, RepoError> {
@@ -262,6 +234,7 @@ pub fn verify(
 mod tests {
     use super::*;
     use backup_common::manifest::{ChunkRef, Manifest, ObjectEntry, SnapshotStats, FORMAT_VERSION};
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -281,7 +254,7 @@ mod tests {
     #[test]
     fn a_corrupt_chunk_is_reported_and_quarantined_and_a_missing_one_reported() {
         let d = tempfile::tempdir().unwrap();
-        let repo = Repository::open_or_init(d.path()).unwrap();
+        let repo = Maintainer::open_or_init(d.path()).unwrap();
         let mut ids = Vec::new();
         for data in [&b"good"[..], b"will rot", b"will vanish"] {
             let id = ChunkId(*blake3::hash(data).as_bytes());
@@ -313,10 +286,10 @@ mod tests {
             measured: None,
         };
         repo.publish_manifest(&m).unwrap();
-        let rot = repo.chunk_path(&ids[1].0);
+        let rot = crate::store::fs::chunk_path(d.path(), &ids[1].0);
         fs::set_permissions(&rot, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&rot, b"\0will r0t").unwrap();
-        fs::remove_file(repo.chunk_path(&ids[2].0)).unwrap();
+        fs::remove_file(crate::store::fs::chunk_path(d.path(), &ids[2].0)).unwrap();
 
         let quick = verify(&repo, ReadData::None, true).unwrap();
         assert_eq!(quick.damage.len(), 1, "existence only sees the missing one");

@@ -67,15 +67,31 @@ pub struct AuditLog {
     refusals: Mutex<HashMap<RefusalKey, Window>>,
 }
 
+/// Where the audit log of the repository at `repo_root` is: the sibling directory
+/// `<repo>.audit/`, outside the repository (whose root only the store changes), on the
+/// same file system (so the free-space reserve covers it).
+pub fn dir_for(repo_root: &Path) -> PathBuf {
+    let mut name = repo_root
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "repository".into());
+    name.push(".audit");
+    repo_root.with_file_name(name)
+}
+
 impl AuditLog {
-    /// The audit log of the repository at `repo_root`, with the default rotation.
-    pub fn new(repo_root: &Path) -> Self {
-        Self::with_rotation(repo_root, DEFAULT_MAX_BYTES, DEFAULT_GENERATIONS)
+    /// The audit log in directory `dir` (see [`dir_for`]), with the default rotation.
+    pub fn new(dir: &Path) -> Self {
+        Self::with_rotation(dir, DEFAULT_MAX_BYTES, DEFAULT_GENERATIONS)
     }
 
-    /// The audit log rotated at `max_bytes`, keeping `generations` compressed old ones.
-    pub fn with_rotation(repo_root: &Path, max_bytes: u64, generations: u32) -> Self {
-        let path = repo_root.join("audit.log");
+    /// The audit log in `dir` rotated at `max_bytes`, keeping `generations` compressed
+    /// old ones.
+    pub fn with_rotation(dir: &Path, max_bytes: u64, generations: u32) -> Self {
+        if let Err(e) = backup_common::durable::create_private_dir_all(dir) {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot create the audit log directory");
+        }
+        let path = dir.join("audit.log");
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer = {

@@ -242,23 +242,16 @@ impl Monitor {
             })
             .flatten();
         let (mut chunks, mut stored_bytes) = (0, 0);
-        if let Ok(dirs) = std::fs::read_dir(repo.chunks_dir()) {
-            for dir in dirs.flatten() {
-                for f in std::fs::read_dir(dir.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    if let Ok(md) = f.metadata() {
-                        if md.is_file() {
-                            chunks += 1;
-                            stored_bytes += md.len();
-                        }
-                    }
-                }
-            }
+        let walked = repo.store().for_each_chunk(&mut |_, size| {
+            chunks += 1;
+            stored_bytes += size;
+        });
+        if let Err(e) = walked {
+            tracing::warn!(error = %e, "monitor: cannot list chunks");
         }
-        let free_bytes = backup_common::disk::free_bytes(repo.root())
+        let free_bytes = repo
+            .store()
+            .free_space()
             .map_err(|e| tracing::warn!(error = %e, "monitor: statvfs failed"))
             .ok();
         RepoStats {
@@ -345,7 +338,7 @@ impl Monitor {
                     format!(
                         "only {free} bytes free on the repository's file system ({}); \
                          monitoring.min_free_bytes_alert is {min}",
-                        self.repo.root().display()
+                        self.repo.describe()
                     ),
                 );
             }

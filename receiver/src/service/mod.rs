@@ -44,6 +44,7 @@ use crate::monitoring::monitor::{self, Monitor};
 use crate::service::admission::quota::Quota;
 use crate::service::admission::tailscale::{TailscaleAdmission, Verdict};
 use crate::service::admission::{admit, Peer};
+use crate::store::leases;
 use crate::store::repository::{RepoError, Repository};
 use known::{KnownChunks, RecentUploads};
 use validate::{Claimed, CommitLimits, Incoming, Refusal, StoreFacts};
@@ -202,7 +203,7 @@ fn join_status(e: tokio::task::JoinError) -> Status {
 impl BackupService {
     pub fn new(repo: Repository, config: ReceiverConfig, clock: Clock) -> Self {
         let audit = Arc::new(AuditLog::with_rotation(
-            repo.root(),
+            &crate::monitoring::audit::dir_for(&config.repo),
             config.limits.audit_log_max_bytes,
             config.limits.audit_log_generations,
         ));
@@ -390,7 +391,7 @@ impl BackupService {
     fn reap_idle(&self) {
         let timeout = self.config.limits.idle_timeout.0;
         let max_age = self.config.limits.max_session_age.0;
-        let mut expired = Vec::new();
+        let (mut expired, mut idle) = (Vec::new(), Vec::new());
         let mut sessions = self.sessions.lock().unwrap();
         sessions.retain(|id, s| {
             let receiving = !s.committing || s.commit_cancel.is_some();
@@ -404,10 +405,14 @@ impl BackupService {
             let keep = s.committing || s.last_seen.elapsed() < timeout;
             if !keep {
                 tracing::info!(session = %id, "dropping idle session");
+                idle.push(id.clone());
             }
             keep
         });
         drop(sessions);
+        for id in idle.iter().chain(expired.iter().map(|(id, _)| id)) {
+            self.close_lease(id);
+        }
         for (id, identity) in expired {
             tracing::warn!(session = %id, identity = %identity, "dropping a session older than limits.max_session_age");
             self.audit.record(
@@ -415,6 +420,13 @@ impl BackupService {
                 "session_expired",
                 json!({ "session": id, "identity": identity, "reason": "limits.max_session_age" }),
             );
+        }
+    }
+
+    /// Records that a session ended, for a `gc` in another process (store/leases.rs).
+    fn close_lease(&self, session: &str) {
+        if let Err(e) = leases::close(&self.repo, session) {
+            tracing::error!(session = %session, error = %e, "cannot close the session lease");
         }
     }
 
@@ -551,6 +563,7 @@ impl BackupService {
         // A session commits once: success ends it (on failure `_reset` reopens it).
         if let Ok(reply) = &result {
             self.sessions.lock().unwrap().remove(&header.session_id);
+            self.close_lease(&header.session_id);
             let keep = self.config.limits.idle_timeout.0;
             let mut committed = self.committed.lock().unwrap();
             committed.retain(|_, c| c.at.elapsed() < keep);
@@ -732,7 +745,7 @@ impl BackupService {
                 validate::validate(claimed, base.as_ref(), &facts).map_err(refusal_status)?;
             // A chunk another stream published but has not synced yet must be durable
             // under its name before this manifest can refer to it.
-            repo.sync_chunk_dirs().map_err(repo_status)?;
+            repo.barrier().map_err(repo_status)?;
             Ok(validated)
         })
         .await
@@ -777,20 +790,8 @@ impl BackupService {
         let base = Self::snapshot_id_base(now);
         let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, RepoError> {
             crate::testhook::pause(crate::testhook::COMMIT_BEFORE_PUBLISH);
-            for n in 0..100 {
-                manifest.id = if n == 0 {
-                    base.clone()
-                } else {
-                    format!("{base}-{n}")
-                };
-                if repo.publish_manifest(&manifest)? {
-                    return Ok(manifest);
-                }
-            }
-            Err(RepoError::Io {
-                path: repo.snapshots_dir(),
-                source: std::io::Error::other("no free snapshot id"),
-            })
+            repo.publish_snapshot(&mut manifest, &base)?;
+            Ok(manifest)
         })
         .await
         .map_err(join_status)?
@@ -1009,12 +1010,17 @@ impl Backup for BackupService {
             superseded
         };
         if let Some((old, committing)) = superseded {
+            self.close_lease(&old);
             tracing::warn!(session = %old, by = %id, identity = %peer.identity, committing, "session superseded by a new one of the same sender");
             self.audit.record(
                 now,
                 "session_superseded",
                 json!({ "session": old, "by": id, "identity": peer.identity, "commit_cancelled": committing }),
             );
+        }
+        // Visible to a `gc` run from the CLI: its cut-off stays before this session.
+        if let Err(e) = leases::open(&self.repo, &id, now, self.config.limits.max_session_age.0) {
+            tracing::error!(session = %id, error = %e, "cannot write the session lease");
         }
         tracing::info!(session = %id, identity = %peer.identity, "session opened");
         self.audit.record(
@@ -1199,7 +1205,7 @@ impl Backup for BackupService {
         // Whatever happened, the chunks published so far get their directory entries
         // synced before this call returns: an acknowledged chunk is a durable chunk.
         let repo = self.repo.clone();
-        let synced = tokio::task::spawn_blocking(move || repo.sync_chunk_dirs())
+        let synced = tokio::task::spawn_blocking(move || repo.barrier())
             .await
             .map_err(join_status)?
             .map_err(repo_status);

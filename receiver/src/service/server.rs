@@ -15,7 +15,8 @@ use tonic::transport::Server;
 use crate::clock::Clock;
 use crate::service::admission::tls_accept::{self, TlsMaterial};
 use crate::service::BackupService;
-use crate::store::repository::Repository;
+use crate::store::leases;
+use crate::store::repository::Maintainer;
 
 /// HTTP/2 flow control: hyper's defaults (1 MiB per stream and per connection) let a
 /// sender's batches in flight share one 1 MiB window, so uploads stalled on window updates.
@@ -30,10 +31,17 @@ pub async fn serve_on(
     clock: Clock,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let repo = Repository::open_or_init(&config.repo)
+    let maintainer = Maintainer::open_or_init(&config.repo)
         .with_context(|| format!("repo: cannot open or create {}", config.repo.display()))?;
-    repo.sync_all_chunk_dirs()
-        .with_context(|| format!("repo: syncing {}", repo.chunks_dir().display()))?;
+    // The network service gets the append capability only; maintenance keeps the rest.
+    let repo = maintainer.repository();
+    repo.barrier()
+        .with_context(|| format!("repo: syncing the chunks of {}", repo.describe()))?;
+    let stale = leases::close_all(&repo)
+        .with_context(|| format!("repo: closing stale session leases in {}", repo.describe()))?;
+    if stale > 0 {
+        tracing::info!(stale, "closed the session leases of a previous process");
+    }
     let tls = TlsMaterial::load(&config)?;
     let service = Arc::new(BackupService::new(
         repo.clone(),
@@ -53,7 +61,7 @@ pub async fn serve_on(
     let background = tokio::spawn(monitor.run(metrics));
     let sessions = service.clone();
     let _maintenance = crate::maintenance::schedule::spawn(
-        repo,
+        maintainer,
         config.retention.clone(),
         clock,
         Arc::new(move || sessions.oldest_session_start()),

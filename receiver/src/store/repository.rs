@@ -1,35 +1,20 @@
-//! The filesystem repository: write-once chunks named by blake3, one immutable manifest per
-//! snapshot. Every file goes through `durable::write_once`; nothing in this module replaces,
-//! truncates or deletes a published file (retention and garbage collection live elsewhere
-//! and run only on the NAS, never on a network request).
-//!
-//! ```text
-//! REPO/repository.json        marker + format version
-//! REPO/chunks/ab/abcdef…      one file per chunk (tag byte + raw or zstd payload), mode 0400
-//! REPO/snapshots/<id>.json    one manifest per snapshot, mode 0400
-//! REPO/acks/<id>.json         operator acknowledgements of suspect snapshots, mode 0400
-//! REPO/rejects/<id>.json      operator rejections (verdicts.rs)
-//! REPO/drills/<id>.json       passed restore drills (verdicts.rs)
-//! REPO/tmp/                   staging for write-once publishes (same filesystem)
-//! REPO/trash/<id>@<time>.json pruned manifests during their grace period (trash.rs)
-//! REPO/holds/<id>.json         undeleted snapshots that prune must keep (trash.rs)
-//! REPO/quarantine/<hex>        chunks that failed verification, moved aside (verify.rs)
-//! REPO/audit.log              append-only log of sessions, commits and rejections
-//! ```
+//! The repository: write-once chunks named by blake3, one immutable manifest per
+//! snapshot, over a store (backend.rs). [`Repository`] holds the append capability only
+//! (what the network service gets); [`Maintainer`] adds the maintain capability (what
+//! prune, gc, verify and `undelete` get). Where things are on disk is the file store's
+//! business (fs.rs); the audit log is not in the repository (monitoring/audit.rs).
 
-use std::collections::HashMap;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use backup_common::chunk::{self, ChunkError, ChunkId};
-use backup_common::durable::{self, Published};
-use backup_common::manifest::{Manifest, FORMAT_VERSION, READABLE_FORMATS};
-use serde::{Deserialize, Serialize};
+use backup_common::durable::Published;
+use backup_common::manifest::{Manifest, READABLE_FORMATS};
 
-const MARKER: &str = "repository.json";
+use crate::store::backend::{AppendStore, MaintainStore, Space};
+use crate::store::fs::{FsStore, MARKER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -57,114 +42,120 @@ pub enum RepoError {
     NotGood { id: String, why: String },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io {
-        path: path.to_path_buf(),
-        source,
+/// The `<name>` of every `<name>.json` among `names`, sorted (snapshot ids, verdict ids).
+pub(crate) fn json_names(names: Vec<String>) -> Vec<String> {
+    let mut ids: Vec<String> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".json"))
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The repository with the append capability: read, list, put chunks, create metadata.
+/// Nothing reachable from it removes, replaces or moves anything.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Arc<dyn AppendStore>,
+}
+
+/// The repository with the maintain capability as well (prune, gc, verify, undelete).
+/// Never handed to the network service; derefs to the [`Repository`] it extends.
+#[derive(Debug, Clone)]
+pub struct Maintainer {
+    repo: Repository,
+    store: Arc<dyn MaintainStore>,
+}
+
+impl std::ops::Deref for Maintainer {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.repo
     }
 }
 
-/// The `<name>` of every `<name>.json` in `dir`, sorted (snapshot ids, verdict ids).
-pub(crate) fn json_names(dir: &Path) -> io::Result<Vec<String>> {
-    let mut names: Vec<String> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    Ok(names)
-}
+impl Maintainer {
+    /// Both capabilities over one store.
+    pub fn new<S: MaintainStore + 'static>(store: S) -> Self {
+        let store = Arc::new(store);
+        Maintainer {
+            repo: Repository {
+                store: store.clone(),
+            },
+            store,
+        }
+    }
 
-#[derive(Serialize, Deserialize)]
-struct Marker {
-    format: u32,
-    kind: String,
-}
+    /// Opens an existing file-system repository for maintenance.
+    pub fn open(root: &Path) -> Result<Self, RepoError> {
+        Ok(Self::new(FsStore::open(root)?))
+    }
 
-#[derive(Debug, Clone)]
-pub struct Repository {
-    root: PathBuf,
-    /// Chunk directories holding names published since their last fsync, each with a
-    /// count of such publishes (see [`Repository::sync_chunk_dirs`]). Shared by clones.
-    unsynced: Arc<Mutex<HashMap<PathBuf, u64>>>,
+    /// Opens the file-system repository at `root`, creating an empty one if there is none.
+    pub fn open_or_init(root: &Path) -> Result<Self, RepoError> {
+        Ok(Self::new(FsStore::open_or_init(root)?))
+    }
+
+    /// The append capability alone, for the network service.
+    pub fn repository(&self) -> Repository {
+        self.repo.clone()
+    }
+
+    pub fn maintain_store(&self) -> &dyn MaintainStore {
+        &*self.store
+    }
 }
 
 impl Repository {
-    /// Opens an existing repository.
+    /// The append capability over `store`.
+    pub fn new(store: Arc<dyn AppendStore>) -> Self {
+        Repository { store }
+    }
+
+    /// Opens an existing file-system repository.
     pub fn open(root: &Path) -> Result<Self, RepoError> {
-        let marker = root.join(MARKER);
-        if !marker.is_file() {
-            return Err(RepoError::NotARepository {
-                path: root.to_path_buf(),
-            });
-        }
-        let repo = Repository {
-            root: root.to_path_buf(),
-            unsynced: Arc::default(),
-        };
-        for dir in [repo.chunks_dir(), repo.snapshots_dir(), repo.tmp_dir()] {
-            durable::create_private_dir_all(&dir).map_err(io_err(&dir))?;
-        }
-        Ok(repo)
+        Ok(Repository {
+            store: Arc::new(FsStore::open(root)?),
+        })
     }
 
-    /// Opens the repository at `root`, creating an empty one if there is none.
+    /// Opens the file-system repository at `root`, creating an empty one if there is none.
     pub fn open_or_init(root: &Path) -> Result<Self, RepoError> {
-        if !root.join(MARKER).is_file() {
-            durable::create_private_dir_all(root).map_err(io_err(root))?;
-            let tmp = root.join("tmp");
-            durable::create_private_dir_all(&tmp).map_err(io_err(&tmp))?;
-            let marker = serde_json::to_vec_pretty(&Marker {
-                format: FORMAT_VERSION,
-                kind: "familienarchiv-backup".into(),
-            })
-            .expect("marker serializes");
-            durable::write_once(&tmp, root, MARKER, &marker).map_err(io_err(root))?;
-        }
-        Self::open(root)
+        Ok(Repository {
+            store: Arc::new(FsStore::open_or_init(root)?),
+        })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-    pub fn chunks_dir(&self) -> PathBuf {
-        self.root.join("chunks")
-    }
-    pub fn snapshots_dir(&self) -> PathBuf {
-        self.root.join("snapshots")
-    }
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-    pub fn trash_dir(&self) -> PathBuf {
-        self.root.join("trash")
-    }
-    pub fn holds_dir(&self) -> PathBuf {
-        self.root.join("holds")
-    }
-    pub fn acks_dir(&self) -> PathBuf {
-        self.root.join("acks")
-    }
-    pub fn quarantine_dir(&self) -> PathBuf {
-        self.root.join("quarantine")
+    pub fn store(&self) -> &dyn AppendStore {
+        &*self.store
     }
 
-    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.to_hex();
-        self.chunks_dir().join(&hex[..2]).join(hex)
+    /// Where the repository is, for messages.
+    pub fn describe(&self) -> String {
+        self.store.describe()
     }
 
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.chunk_path(id).is_file()
+        self.store.has_chunk(id)
     }
 
-    /// Stores an already verified chunk payload write-once. An existing chunk is left as it is.
-    /// The chunk's bytes are durable when this returns, its directory entry only after the
-    /// next [`Repository::sync_chunk_dirs`], which must run before a manifest refers to it.
+    /// Stores an already verified chunk payload write-once, in use at `now` (the
+    /// receiver's clock; garbage collection's grace period reads it). An existing chunk is
+    /// left as it is. Durable under its name after the next [`Repository::barrier`], which
+    /// must run before a manifest refers to it.
+    pub fn put_chunk_at(
+        &self,
+        id: &ChunkId,
+        zstd_framed: bool,
+        payload: &[u8],
+        now: SystemTime,
+    ) -> Result<Published, RepoError> {
+        self.store
+            .put_chunk(id, &[&[u8::from(zstd_framed)], payload], now)
+    }
+
+    /// As [`Repository::put_chunk_at`], in use now.
     pub fn put_chunk(
         &self,
         id: &ChunkId,
@@ -174,143 +165,76 @@ impl Repository {
         self.put_chunk_at(id, zstd_framed, payload, SystemTime::now())
     }
 
-    /// As [`Repository::put_chunk`], with the file's mtime set to `now` (the receiver's
-    /// clock) before it is published: garbage collection's grace period reads it.
-    pub fn put_chunk_at(
-        &self,
-        id: &ChunkId,
-        zstd_framed: bool,
-        payload: &[u8],
-        now: SystemTime,
-    ) -> Result<Published, RepoError> {
-        let path = self.chunk_path(id);
-        let dir = path.parent().expect("chunk path has a parent");
-        if !dir.is_dir() {
-            durable::create_private_dir_all(dir).map_err(io_err(dir))?;
-            durable::sync_dir(&self.chunks_dir()).map_err(io_err(dir))?;
-        }
-        let name = path.file_name().and_then(|n| n.to_str()).expect("hex name");
-        let published = durable::write_once_unsynced_dir(&self.tmp_dir(), dir, name, |f| {
-            use std::io::Write;
-            f.write_all(&[u8::from(zstd_framed)])?;
-            f.write_all(payload)?;
-            f.set_modified(now)
-        })
-        .map_err(io_err(&path))?;
-        if published == Published::Created {
-            *self
-                .unsynced
-                .lock()
-                .unwrap()
-                .entry(dir.to_path_buf())
-                .or_default() += 1;
-        }
-        Ok(published)
+    /// Makes every chunk put so far (by any clone, or a process before this one) durable.
+    pub fn barrier(&self) -> Result<(), RepoError> {
+        self.store.barrier()
     }
 
-    /// Makes every chunk published so far (by any clone of this repository) durable under
-    /// its name: one fsync per directory that received new chunks, instead of one per chunk.
-    pub fn sync_chunk_dirs(&self) -> Result<(), RepoError> {
-        let pending: Vec<(PathBuf, u64)> = self
-            .unsynced
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(d, n)| (d.clone(), *n))
-            .collect();
-        for (dir, count) in pending {
-            durable::sync_dir(&dir).map_err(io_err(&dir))?;
-            let mut unsynced = self.unsynced.lock().unwrap();
-            // A publish that raced with this fsync bumped the count: keep the entry.
-            if unsynced.get(&dir) == Some(&count) {
-                unsynced.remove(&dir);
-            }
-        }
-        Ok(())
-    }
-
-    /// fsyncs every chunk directory: after a restart, chunks published by a process that
-    /// died before syncing them are made durable before any new commit can refer to them.
-    pub fn sync_all_chunk_dirs(&self) -> Result<(), RepoError> {
-        let dir = self.chunks_dir();
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let path = entry.map_err(io_err(&dir))?.path();
-            if path.is_dir() {
-                durable::sync_dir(&path).map_err(io_err(&path))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// If the chunk exists, moves its mtime forward to `now` (never back) and returns true.
-    /// A session that relies on an existing chunk touches it, so garbage collection's
+    /// If the chunk exists, marks it in use at `now` (never moving that back) and returns
+    /// true. A session that relies on an existing chunk marks it, so garbage collection's
     /// cut-off protects it until the snapshot that references it is committed.
     pub fn touch_chunk(&self, id: &ChunkId, now: SystemTime) -> bool {
-        let Ok(file) = fs::File::open(self.chunk_path(id)) else {
-            return false;
-        };
-        match file.metadata().and_then(|m| m.modified()) {
-            Ok(mtime) if mtime >= now => {}
-            _ => {
-                if let Err(e) = file.set_modified(now) {
-                    tracing::warn!(chunk = %id, error = %e, "cannot refresh chunk mtime");
-                }
-            }
-        }
-        true
+        self.store.mark_in_use(id, now)
     }
 
     /// Reads, decompresses and verifies a chunk.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
-        let path = self.chunk_path(id);
-        let stored = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RepoError::MissingChunk { id: *id })
-            }
-            Err(source) => return Err(RepoError::Io { path, source }),
-        };
+        let stored = self
+            .store
+            .read_chunk(id)?
+            .ok_or(RepoError::MissingChunk { id: *id })?;
         Ok(chunk::decode_stored(*id, &stored)?)
-    }
-
-    /// Size of the stored (possibly compressed) chunk file.
-    pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
-        fs::metadata(self.chunk_path(id)).ok().map(|m| m.len())
     }
 
     /// Publishes a manifest under `snapshots/<id>.json`. Returns false when that id is taken.
     pub fn publish_manifest(&self, manifest: &Manifest) -> Result<bool, RepoError> {
         let name = format!("{}.json", manifest.id);
         let bytes = serde_json::to_vec(manifest).expect("manifest serializes");
-        let published = durable::write_once(&self.tmp_dir(), &self.snapshots_dir(), &name, &bytes)
-            .map_err(io_err(&self.snapshots_dir()))?;
+        let published = self.store.create_object(Space::Snapshots, &name, &bytes)?;
         Ok(published == Published::Created)
     }
 
-    pub fn snapshot_exists(&self, id: &str) -> bool {
-        self.snapshots_dir().join(format!("{id}.json")).exists()
+    /// Publishes `manifest` under the first free id of `base`, `base-1`, … `base-99`
+    /// (create-if-absent, so two commits can never take the same id) and sets its id.
+    pub fn publish_snapshot(&self, manifest: &mut Manifest, base: &str) -> Result<(), RepoError> {
+        for n in 0..100 {
+            manifest.id = if n == 0 {
+                base.to_string()
+            } else {
+                format!("{base}-{n}")
+            };
+            if self.publish_manifest(manifest)? {
+                return Ok(());
+            }
+        }
+        Err(RepoError::Io {
+            path: PathBuf::from(self.describe()).join(Space::Snapshots.dir()),
+            source: io::Error::other("no free snapshot id"),
+        })
     }
 
     /// Snapshot ids, oldest first (ids sort by the receiver's commit time).
     pub fn snapshot_ids(&self) -> Result<Vec<String>, RepoError> {
-        let dir = self.snapshots_dir();
-        json_names(&dir).map_err(io_err(&dir))
+        Ok(json_names(self.store.list(Space::Snapshots)?))
     }
 
     pub fn load_manifest(&self, id: &str) -> Result<Manifest, RepoError> {
-        self.load_manifest_at(&self.snapshots_dir().join(format!("{id}.json")), id)
+        Self::check_name(id)?;
+        self.load_manifest_in(Space::Snapshots, &format!("{id}.json"), id)
     }
 
-    /// Reads and checks the manifest file at `path` (in `snapshots/` or `trash/`).
-    pub fn load_manifest_at(&self, path: &Path, id: &str) -> Result<Manifest, RepoError> {
-        let path = path.to_path_buf();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RepoError::NoSuchSnapshot(id.to_string()))
-            }
-            Err(source) => return Err(RepoError::Io { path, source }),
-        };
+    /// Reads and checks the manifest object `space/name` (in snapshots or the trash).
+    pub(crate) fn load_manifest_in(
+        &self,
+        space: Space,
+        name: &str,
+        id: &str,
+    ) -> Result<Manifest, RepoError> {
+        let path = PathBuf::from(self.describe()).join(space.dir()).join(name);
+        let bytes = self
+            .store
+            .read_object(space, name)?
+            .ok_or_else(|| RepoError::NoSuchSnapshot(id.to_string()))?;
         let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| RepoError::BadManifest {
             path: path.clone(),
             message: e.to_string(),
@@ -368,55 +292,5 @@ impl Repository {
             return Err(RepoError::NoSuchSnapshot(name.to_string()));
         }
         Ok(())
-    }
-
-    /// Resolves a snapshot name for an operator: an id (any status), or `latest` for the
-    /// newest good snapshot. With `allow_suspect` false, a snapshot that is not good (the
-    /// guard flagged it and nobody acknowledged it, or an operator rejected it) is refused
-    /// with the reason; the caller says so when it is allowed.
-    pub fn resolve(&self, name: &str, allow_suspect: bool) -> Result<Manifest, RepoError> {
-        if name == "latest" {
-            return self.latest_good()?.ok_or_else(|| {
-                if self.snapshot_ids().is_ok_and(|ids| ids.is_empty()) {
-                    RepoError::Empty
-                } else {
-                    RepoError::NoGoodSnapshot
-                }
-            });
-        }
-        Self::check_name(name)?;
-        let m = self.load_manifest(name)?;
-        if !allow_suspect {
-            if let Some(why) = crate::store::verdicts::not_good_because(self, &m) {
-                return Err(RepoError::NotGood { id: m.id, why });
-            }
-        }
-        Ok(m)
-    }
-
-    /// Resolves an id, or `latest` for the newest snapshot whatever its status (what `ack`
-    /// acknowledges after a flagged night).
-    pub fn resolve_any(&self, name: &str) -> Result<Manifest, RepoError> {
-        if name == "latest" {
-            let ids = self.snapshot_ids()?;
-            let newest = ids.last().ok_or(RepoError::Empty)?;
-            return self.load_manifest(newest);
-        }
-        Self::check_name(name)?;
-        self.load_manifest(name)
-    }
-
-    /// The newest good snapshot (see [`crate::store::verdicts`]): the base for the next delta, the
-    /// guard's baseline, and `latest`.
-    pub fn latest_good(&self) -> Result<Option<Manifest>, RepoError> {
-        let mut found = None;
-        self.for_each_manifest_newest_first(|m| {
-            if crate::store::verdicts::is_good(self, &m) {
-                found = Some(m);
-                return false;
-            }
-            true
-        })?;
-        Ok(found)
     }
 }

@@ -4,16 +4,14 @@
 //! back. Only after the grace period is the file really removed. The prune time in the
 //! name is the receiver's clock; nothing here runs on a network request.
 
-use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backup_common::durable;
 use backup_common::manifest::Manifest;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::store::repository::{RepoError, Repository};
+use crate::store::backend::{valid_name, Space};
+use crate::store::repository::{Maintainer, RepoError, Repository};
 
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
@@ -22,7 +20,8 @@ const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 pub struct TrashEntry {
     pub id: String,
     pub pruned_at: DateTime<Utc>,
-    pub path: PathBuf,
+    /// The object's name in the trash.
+    pub name: String,
 }
 
 impl TrashEntry {
@@ -44,13 +43,6 @@ pub enum UndeleteError {
     Repo(#[from] RepoError),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn entry_name(id: &str, pruned_at: DateTime<Utc>) -> String {
     format!("{id}@{}.json", pruned_at.format(TIME_FORMAT))
 }
@@ -61,52 +53,37 @@ fn parse_name(name: &str) -> Option<(String, DateTime<Utc>)> {
     Some((id.to_string(), t.and_utc()))
 }
 
-/// Moves `snapshots/<id>.json` to the trash, stamped with `now`. The rename is atomic: a
-/// crash leaves the manifest in exactly one of the two places.
-pub fn move_to_trash(
-    repo: &Repository,
-    id: &str,
-    now: DateTime<Utc>,
-) -> Result<PathBuf, RepoError> {
-    let trash = repo.trash_dir();
-    durable::create_private_dir_all(&trash).map_err(io_err(&trash))?;
-    let from = repo.snapshots_dir().join(format!("{id}.json"));
-    let to = trash.join(entry_name(id, now));
-    if to.exists() {
-        // A concurrent prune (the CLI and `serve`'s schedule) moved it this very second.
-        let kind = if from.exists() {
-            io::ErrorKind::AlreadyExists
-        } else {
-            io::ErrorKind::NotFound
-        };
-        return Err(RepoError::Io {
-            path: to,
-            source: io::Error::from(kind),
-        });
+fn io_kind(e: &RepoError) -> Option<io::ErrorKind> {
+    match e {
+        RepoError::Io { source, .. } => Some(source.kind()),
+        _ => None,
     }
-    fs::rename(&from, &to).map_err(io_err(&from))?;
-    durable::sync_dir(&trash).map_err(io_err(&trash))?;
-    durable::sync_dir(&repo.snapshots_dir()).map_err(io_err(&from))?;
+}
+
+/// Moves snapshot `id`'s manifest to the trash, stamped with `now`, without ever
+/// replacing: a crash leaves it in one place or both (the mark reads both), never in none.
+/// Returns the name it got in the trash.
+pub fn move_to_trash(repo: &Maintainer, id: &str, now: DateTime<Utc>) -> Result<String, RepoError> {
+    Repository::check_name(id)?;
+    let to = entry_name(id, now);
+    repo.maintain_store().move_object(
+        Space::Snapshots,
+        &format!("{id}.json"),
+        Space::Trash,
+        &to,
+    )?;
     Ok(to)
 }
 
 /// Every manifest in the trash, oldest prune first.
 pub fn entries(repo: &Repository) -> Result<Vec<TrashEntry>, RepoError> {
-    let dir = repo.trash_dir();
-    let read = match fs::read_dir(&dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(RepoError::Io { path: dir, source }),
-    };
     let mut out = Vec::new();
-    for e in read {
-        let e = e.map_err(io_err(&dir))?;
-        let name = e.file_name();
-        match name.to_str().and_then(parse_name) {
+    for name in repo.store().list(Space::Trash)? {
+        match parse_name(&name) {
             Some((id, pruned_at)) => out.push(TrashEntry {
                 id,
                 pruned_at,
-                path: e.path(),
+                name,
             }),
             None => tracing::warn!(file = ?name, "unexpected file in the trash; left alone"),
         }
@@ -115,17 +92,18 @@ pub fn entries(repo: &Repository) -> Result<Vec<TrashEntry>, RepoError> {
     Ok(out)
 }
 
-/// The manifests in the trash (garbage collection keeps their chunks).
-pub fn manifests(repo: &Repository) -> Result<Vec<Manifest>, RepoError> {
-    entries(repo)?
-        .iter()
-        .map(|e| repo.load_manifest_at(&e.path, &e.id))
-        .collect()
+/// Reads the manifest of a trash entry; `None` when it left the trash meanwhile.
+pub fn load(repo: &Repository, e: &TrashEntry) -> Result<Option<Manifest>, RepoError> {
+    match repo.load_manifest_in(Space::Trash, &e.name, &e.id) {
+        Ok(m) => Ok(Some(m)),
+        Err(RepoError::NoSuchSnapshot(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes the entries whose grace period has passed at `now`; returns them.
 pub fn purge(
-    repo: &Repository,
+    repo: &Maintainer,
     now: DateTime<Utc>,
     grace: Duration,
     dry_run: bool,
@@ -134,72 +112,60 @@ pub fn purge(
         .into_iter()
         .filter(|e| e.expires(grace) <= now)
         .collect();
-    if !dry_run && !expired.is_empty() {
+    if !dry_run {
         for e in &expired {
-            match fs::remove_file(&e.path) {
-                Ok(()) => {}
-                // Another prune (CLI and schedule) got there first.
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(RepoError::Io {
-                        path: e.path.clone(),
-                        source,
-                    })
-                }
-            }
+            // An entry another prune (CLI and schedule) removed first is no error.
+            repo.maintain_store().remove_object(Space::Trash, &e.name)?;
         }
-        durable::sync_dir(&repo.trash_dir()).map_err(io_err(&repo.trash_dir()))?;
     }
     Ok(expired)
 }
 
 /// Brings a pruned snapshot back from the trash and places a hold on it, so the next
-/// prune keeps it (remove `holds/<id>.json` to release it to the calendar again).
-pub fn undelete(repo: &Repository, id: &str) -> Result<TrashEntry, UndeleteError> {
-    if id.contains(['/', '\\', '\0', '@']) || id.starts_with('.') || id.is_empty() {
+/// prune keeps it (remove `holds/<id>.json` to release it to the calendar again). Takes
+/// the mark lock, so a garbage collection never marks while a manifest moves back.
+pub fn undelete(repo: &Maintainer, id: &str) -> Result<TrashEntry, UndeleteError> {
+    if id.contains('@') || !valid_name(id) {
         return Err(UndeleteError::NotInTrash(id.to_string()));
     }
+    let store = repo.maintain_store();
+    let _lock = match store.lock_mark(false)? {
+        Some(l) => l,
+        None => {
+            tracing::warn!("garbage collection is marking; undelete waits for it to finish");
+            eprintln!("garbage collection is marking; waiting for it to finish");
+            store.lock_mark(true)?.expect("a waiting lock is taken")
+        }
+    };
     let entry = entries(repo)?
         .into_iter()
         .filter(|e| e.id == id)
         .max_by_key(|e| e.pruned_at)
         .ok_or_else(|| UndeleteError::NotInTrash(id.to_string()))?;
-    let holds = repo.holds_dir();
-    durable::create_private_dir_all(&holds).map_err(io_err(&holds))?;
     let hold =
         serde_json::json!({ "snapshot": id, "reason": "undeleted", "pruned_at": entry.pruned_at });
-    durable::write_once(
-        &repo.tmp_dir(),
-        &holds,
+    store.create_object(
+        Space::Holds,
         &format!("{id}.json"),
         hold.to_string().as_bytes(),
-    )
-    .map_err(io_err(&holds))?;
-    let target = repo.snapshots_dir().join(format!("{id}.json"));
-    // A hard link cannot replace an existing name; the trash copy goes only afterwards,
-    // so a crash leaves the manifest in one place or both, never in none.
-    match fs::hard_link(&entry.path, &target) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(UndeleteError::Exists(id.to_string()))
+    )?;
+    match store.move_object(
+        Space::Trash,
+        &entry.name,
+        Space::Snapshots,
+        &format!("{id}.json"),
+    ) {
+        Ok(()) => Ok(entry),
+        Err(e) if io_kind(&e) == Some(io::ErrorKind::AlreadyExists) => {
+            Err(UndeleteError::Exists(id.to_string()))
         }
-        Err(source) => {
-            return Err(RepoError::Io {
-                path: target,
-                source,
-            }
-            .into())
-        }
+        Err(e) => Err(e.into()),
     }
-    durable::sync_dir(&repo.snapshots_dir()).map_err(io_err(&target))?;
-    fs::remove_file(&entry.path).map_err(io_err(&entry.path))?;
-    durable::sync_dir(&repo.trash_dir()).map_err(io_err(&entry.path))?;
-    Ok(entry)
 }
 
 /// Snapshots an operator brought back with `undelete`.
 pub fn is_held(repo: &Repository, id: &str) -> bool {
-    repo.holds_dir().join(format!("{id}.json")).is_file()
+    valid_name(id) && repo.store().has_object(Space::Holds, &format!("{id}.json"))
 }
 
 #[cfg(test)]

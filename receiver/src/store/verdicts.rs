@@ -19,12 +19,13 @@
 
 use std::path::PathBuf;
 
-use backup_common::durable::{self, Published};
+use backup_common::durable::Published;
 use backup_common::manifest::Manifest;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::repository::{RepoError, Repository};
+use crate::store::backend::{valid_name, Space};
+use crate::store::repository::{json_names, RepoError, Repository};
 
 /// The three kinds of verdict file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +37,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn dir(self) -> &'static str {
+    fn space(self) -> Space {
         match self {
-            Kind::Ack => "acks",
-            Kind::Reject => "rejects",
-            Kind::DrillPassed => "drills",
-            Kind::Contested => "contested",
+            Kind::Ack => Space::Acks,
+            Kind::Reject => Space::Rejects,
+            Kind::DrillPassed => Space::Drills,
+            Kind::Contested => Space::Contested,
         }
     }
 }
@@ -78,39 +79,34 @@ pub enum AckError {
     AlreadyAcknowledged(String, PathBuf),
     #[error("snapshot {0} was already rejected ({1})")]
     AlreadyRejected(String, PathBuf),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
-fn path(repo: &Repository, kind: Kind, snapshot_id: &str) -> PathBuf {
-    repo.root()
-        .join(kind.dir())
-        .join(format!("{snapshot_id}.json"))
-}
-
+/// The one definition of "this verdict exists": its object is in the store.
 fn exists(repo: &Repository, kind: Kind, snapshot_id: &str) -> bool {
-    Repository::check_name(snapshot_id).is_ok() && path(repo, kind, snapshot_id).is_file()
+    valid_name(snapshot_id)
+        && repo
+            .store()
+            .has_object(kind.space(), &format!("{snapshot_id}.json"))
 }
 
 /// Ids with a verdict of `kind`, sorted (for caches that must notice a new verdict).
 pub fn ids(repo: &Repository, kind: Kind) -> Result<Vec<String>, RepoError> {
-    let dir = repo.root().join(kind.dir());
-    match crate::store::repository::json_names(&dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        other => other.map_err(|source| RepoError::Io { path: dir, source }),
-    }
+    Ok(json_names(repo.store().list(kind.space())?))
 }
 
+/// Where a verdict is, relative to the repository (for messages).
+pub fn location(kind: Kind, snapshot_id: &str) -> PathBuf {
+    PathBuf::from(kind.space().dir()).join(format!("{snapshot_id}.json"))
+}
+
+/// Where an acknowledgement is, for messages.
 pub fn ack_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
-    path(repo, Kind::Ack, snapshot_id)
+    PathBuf::from(repo.describe()).join(location(Kind::Ack, snapshot_id))
 }
 
+/// Where a rejection is, for messages.
 pub fn reject_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
-    path(repo, Kind::Reject, snapshot_id)
+    PathBuf::from(repo.describe()).join(location(Kind::Reject, snapshot_id))
 }
 
 /// Whether an operator acknowledged snapshot `snapshot_id`.
@@ -164,15 +160,9 @@ pub fn not_good_because(repo: &Repository, manifest: &Manifest) -> Option<String
 }
 
 fn write(repo: &Repository, kind: Kind, record: &Ack) -> Result<Published, AckError> {
-    let dir = repo.root().join(kind.dir());
-    durable::create_private_dir_all(&dir).map_err(|source| AckError::Io {
-        path: dir.clone(),
-        source,
-    })?;
     let bytes = serde_json::to_vec_pretty(record).expect("verdict serializes");
     let name = format!("{}.json", record.snapshot);
-    durable::write_once(&repo.tmp_dir(), &dir, &name, &bytes)
-        .map_err(|source| AckError::Io { path: dir, source })
+    Ok(repo.store().create_object(kind.space(), &name, &bytes)?)
 }
 
 /// Acknowledges a suspect snapshot (`name` is an id; `latest` means the newest snapshot,
@@ -255,6 +245,60 @@ pub fn record_drill_passed(
         &Ack::new(snapshot_id, "drill", Some(note), now),
     )
     .map(drop)
+}
+
+/// Choosing snapshots by their verdicts. Here, not in repository.rs, so the repository does
+/// not depend on its verdicts (they depend on it).
+impl Repository {
+    /// Resolves a snapshot name for an operator: an id (any status), or `latest` for the
+    /// newest good snapshot. With `allow_suspect` false, a snapshot that is not good (the
+    /// guard flagged it and nobody acknowledged it, or an operator rejected it) is refused
+    /// with the reason; the caller says so when it is allowed.
+    pub fn resolve(&self, name: &str, allow_suspect: bool) -> Result<Manifest, RepoError> {
+        if name == "latest" {
+            return self.latest_good()?.ok_or_else(|| {
+                if self.snapshot_ids().is_ok_and(|ids| ids.is_empty()) {
+                    RepoError::Empty
+                } else {
+                    RepoError::NoGoodSnapshot
+                }
+            });
+        }
+        Self::check_name(name)?;
+        let m = self.load_manifest(name)?;
+        if !allow_suspect {
+            if let Some(why) = not_good_because(self, &m) {
+                return Err(RepoError::NotGood { id: m.id, why });
+            }
+        }
+        Ok(m)
+    }
+
+    /// Resolves an id, or `latest` for the newest snapshot whatever its status (what `ack`
+    /// acknowledges after a flagged night).
+    pub fn resolve_any(&self, name: &str) -> Result<Manifest, RepoError> {
+        if name == "latest" {
+            let ids = self.snapshot_ids()?;
+            let newest = ids.last().ok_or(RepoError::Empty)?;
+            return self.load_manifest(newest);
+        }
+        Self::check_name(name)?;
+        self.load_manifest(name)
+    }
+
+    /// The newest good snapshot (see this module): the base for the next delta, the
+    /// guard's baseline, and `latest`.
+    pub fn latest_good(&self) -> Result<Option<Manifest>, RepoError> {
+        let mut found = None;
+        self.for_each_manifest_newest_first(|m| {
+            if is_good(self, &m) {
+                found = Some(m);
+                return false;
+            }
+            true
+        })?;
+        Ok(found)
+    }
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ fn prune_dry_run_trash_undelete_and_verify() {
     assert!(ok.status.success(), "{}", text(&ok));
     let m = repo.load_manifest("s19").unwrap();
     let id = m.objects[0].chunks[0].id;
-    let path = repo.chunk_path(&id);
+    let path = backup_receiver::store::fs::chunk_path(&root, &id);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&path, b"\0night 1X").unwrap();
     let bad = receiver(&["verify", "--repo", r, "--read-data"], None);

@@ -96,7 +96,7 @@ async fn reupload_of_an_existing_chunk_with_different_bytes_is_rejected_and_the_
     let repo = Repository::open(stack.repo()).unwrap();
     let manifest = repo.load_manifest(baseline.first()).unwrap();
     let victim = manifest.objects[0].chunks[0];
-    let path = repo.chunk_path(&victim.id);
+    let path = backup_receiver::store::fs::chunk_path(stack.repo(), &victim.id);
     let original = std::fs::read(&path).unwrap();
 
     let mut c = sender_client(&stack).await;

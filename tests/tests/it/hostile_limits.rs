@@ -171,7 +171,7 @@ async fn no_session_holds_gc_back_beyond_max_session_age() {
 
 /// Bytes of the audit log and its rotated generations.
 fn audit_bytes(repo: &std::path::Path) -> u64 {
-    std::fs::read_dir(repo)
+    std::fs::read_dir(backup_receiver::monitoring::audit::dir_for(repo))
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| e.file_name().to_string_lossy().starts_with("audit.log"))

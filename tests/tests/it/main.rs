@@ -14,5 +14,6 @@ mod monitoring;
 mod nightly;
 mod restore_safety;
 mod runbook;
+mod store_races;
 mod tailscale_policy;
 mod two_months;

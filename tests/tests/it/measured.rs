@@ -656,7 +656,7 @@ async fn only_chunks_of_kept_good_snapshots_are_reported_present() {
     let orphan = noise(20_000, 61);
     let orphan_id = ChunkId::of(&orphan);
     r.put_chunk(&orphan_id, false, &orphan).unwrap();
-    let path = r.chunk_path(&orphan_id);
+    let path = backup_receiver::store::fs::chunk_path(stack.repo(), &orphan_id);
     let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
     std::fs::File::open(&path)
         .unwrap()

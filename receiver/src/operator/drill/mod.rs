@@ -181,7 +181,10 @@ fn round_secs(d: Duration) -> f64 {
 fn explain(repo: &Repository, e: &RestoreError) -> String {
     let mut text = error_chain(e);
     if let RestoreError::Repo(RepoError::MissingChunk { id }) = e {
-        if repo.root().join("quarantine").join(id.to_hex()).exists() {
+        if repo
+            .store()
+            .has_object(crate::store::backend::Space::Quarantine, &id.to_hex())
+        {
             text.push_str(
                 " (it is in quarantine/: verification found it corrupt; the next nightly \
                  backup uploads it again if the source still has the data)",
@@ -364,7 +367,7 @@ enum Sandbox {
 /// warnings when the drill cannot separate it at all.
 fn check_isolation(
     runner: &Runner,
-    repo: &Repository,
+    root: &Path,
     private: &[PathBuf],
     iso: &mut Isolation,
 ) -> Result<(), String> {
@@ -385,11 +388,10 @@ fn check_isolation(
         ));
         return Ok(());
     }
-    let root = repo.root();
     let mut exposed: Vec<PathBuf> = [
         root.to_path_buf(),
         root.join("repository.json"),
-        repo.snapshots_dir(),
+        root.join("snapshots"),
     ]
     .into_iter()
     .chain(private.iter().cloned())

@@ -3,8 +3,7 @@
 //! Every check runs before a chunk is written, so hitting a limit stores nothing and never
 //! touches what is stored already; the sender gets RESOURCE_EXHAUSTED naming the limit.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use backup_common::config::Limits;
@@ -50,7 +49,7 @@ pub struct Quota {
     min_free_bytes: u64,
     /// Kept free besides `min_free_bytes`: the most the rotated audit log can grow to.
     audit_bytes: u64,
-    repo_root: PathBuf,
+    repo: Repository,
     tz: Tz,
     daily: Mutex<Daily>,
 }
@@ -79,7 +78,7 @@ impl Quota {
             max_daily_bytes: limits.max_daily_bytes,
             min_free_bytes: limits.min_free_bytes,
             audit_bytes: 0,
-            repo_root: repo.root().to_path_buf(),
+            repo: repo.clone(),
             tz,
             daily: Mutex::new(Daily {
                 day: today,
@@ -98,10 +97,14 @@ impl Quota {
 
     /// Checks that `more` bytes fit above the free-space reserve.
     pub fn check_free(&self, more: u64) -> Result<(), QuotaError> {
-        let free = free_bytes(&self.repo_root).map_err(|e| QuotaError::Statvfs {
-            path: self.repo_root.clone(),
-            message: e.to_string(),
-        })?;
+        let free = self
+            .repo
+            .store()
+            .free_space()
+            .map_err(|e| QuotaError::Statvfs {
+                path: PathBuf::from(self.repo.describe()),
+                message: e.to_string(),
+            })?;
         if free.saturating_sub(more) < self.min_free_bytes.saturating_add(self.audit_bytes) {
             return Err(QuotaError::Reserve {
                 free,
@@ -157,21 +160,6 @@ impl Quota {
     }
 }
 
-/// Bytes available to unprivileged writers on the filesystem holding `path` (statvfs).
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: statvfs is plain old data; all-zero is a valid value for it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c_path` is a NUL-terminated string and `st` a valid, writable statvfs.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +179,7 @@ mod tests {
 
     #[test]
     fn free_space_is_measured() {
+        use backup_common::disk::free_bytes;
         let d = tempfile::tempdir().unwrap();
         assert!(free_bytes(d.path()).unwrap() > 0);
         assert!(free_bytes(&d.path().join("missing")).is_err());
