@@ -1127,7 +1127,12 @@ struct ObjectsOutcome {
 /// Restores every object below `dir` with restore's one writer, verifying each; every
 /// object that does not restore is named.
 fn restore_objects(repo: &Repository, manifest: &Manifest, dir: &Path) -> ObjectsOutcome {
-    match restore::objects_to_dir(repo, manifest, dir) {
+    match restore::objects_to_dir(
+        repo,
+        manifest,
+        dir,
+        &crate::operator::progress::Progress::hidden(),
+    ) {
         Ok(o) => ObjectsOutcome {
             restored: o.restored.objects,
             bytes: o.restored.bytes,
