@@ -342,6 +342,31 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
     );
     assert!(!out.exists(), "nothing is written when nothing matches");
 
+    // DEPLOYMENT.md §5.8: a bundle of one folder, for the single-file rollback.
+    let bundle = s.dir.path().join("bundle");
+    let o = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/restore/export-bundle.sh"
+    ))
+    .args([s1, bundle.to_str().unwrap(), "briefe/1923/**", "leer.txt"])
+    .env("REPO", s.repo())
+    .env("BACKUP_RECEIVER", bin("backup-receiver"))
+    .env("RUST_LOG", "warn")
+    .env_remove("BUNDLE_OWNER")
+    .env_remove("SUDO_USER")
+    .output()
+    .unwrap();
+    ok(o);
+    assert_eq!(
+        read_tree(&bundle.join("objects")),
+        t.night1
+            .iter()
+            .filter(|(k, _)| k.starts_with("briefe/1923/") || *k == "leer.txt")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    );
+    assert_eq!(std::fs::read(bundle.join("archiv.dump")).unwrap(), t.dump1);
+
     // --config (repository from the file) and BACKUP_RECEIVER_CONFIG give the same.
     let config = s.receiver.config.to_str().unwrap();
     let by_config = receiver_cli(&["ls", s2, "--json", "--config", config]);
