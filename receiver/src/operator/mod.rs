@@ -1,5 +1,6 @@
-//! The operator's tools on the NAS: listing snapshots, restoring them, and the restore drill
-//! with its sandbox PostgreSQL. They read the repository and write only their own output.
+//! The operator's tools on the NAS: listing and browsing snapshots (`ls`, `find`, `diff`,
+//! `dump`), restoring them (whole or by glob), and the restore drill with its sandbox
+//! PostgreSQL. They read the repository and write only their own output.
 
 pub mod browse;
 pub mod cli;

@@ -263,6 +263,29 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
         String::from_utf8_lossy(&missing.stderr)
     );
 
+    // dump refuses a terminal as stdout (util-linux `script` gives it one) unless told.
+    let on_tty = |extra: &str| {
+        let cmd = format!(
+            "{} dump {s2} leer.txt --repo {} {extra}",
+            bin("backup-receiver").display(),
+            s.repo().display()
+        );
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let refused = on_tty("");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("stdout is a terminal"),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert_eq!(on_tty("--to-terminal").status.code(), Some(0));
+
     // Partial restores: a prefix, and one key, byte for byte.
     let out = s.dir.path().join("nur-briefe");
     ok(cli(
