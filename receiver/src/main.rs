@@ -5,17 +5,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use backup_common::config::{read_secret, ReceiverConfig, RetentionConfig};
+use backup_common::config::{read_secret, ReceiverConfig};
 use backup_common::term::{escape, escape_lines};
 use backup_common::tls::{init_certs_with, CertSpec, Lifetimes};
 use backup_receiver::clock;
 use backup_receiver::maintenance::{gc, prune, verify};
 use backup_receiver::monitoring::audit::AuditLog;
 use backup_receiver::monitoring::guard;
+use backup_receiver::operator::cli::{DiffArgs, DumpArgs, FindArgs, LsArgs, RepoArgs};
+use backup_receiver::operator::glob::KeyFilter;
+use backup_receiver::operator::progress::Progress;
 use backup_receiver::operator::snapshots::{self, SnapshotRow};
-use backup_receiver::operator::{drill, restore};
+use backup_receiver::operator::{drill, out, restore};
 use backup_receiver::service::server;
-use backup_receiver::store::repository::{Maintainer, Repository};
+use backup_receiver::store::repository::Repository;
 use backup_receiver::store::{trash, verdicts};
 use clap::{Args, Parser, Subcommand};
 
@@ -30,21 +33,27 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gRPC service that accepts nightly snapshots (mutual TLS).
     Serve {
-        #[arg(long)]
+        #[arg(long, env = "BACKUP_RECEIVER_CONFIG")]
         config: PathBuf,
     },
     /// List the snapshots in a repository.
     Snapshots {
-        #[arg(long)]
-        repo: PathBuf,
+        #[command(flatten)]
+        target: RepoArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    Ls(LsArgs),
+    Find(FindArgs),
+    Diff(DiffArgs),
+    Dump(DumpArgs),
     /// Restore a snapshot (an id, or `latest`). Every byte is checked against the manifest.
     /// Files are written 0600, directories 0700, only into a new or empty directory and
     /// never through a link. Exit code 4 when some objects could not be restored (each
@@ -59,7 +68,7 @@ enum Command {
     /// remove trash entries whose grace period has passed. Uses the receiver's clock.
     Prune {
         #[command(flatten)]
-        target: RepoTarget,
+        target: RepoArgs,
         /// Print every snapshot with the reasons it is kept, or "would prune"; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -68,15 +77,15 @@ enum Command {
     /// against later prunes (remove REPO/holds/<id>.json to release it).
     Undelete {
         snapshot: String,
-        #[arg(long)]
-        repo: PathBuf,
+        #[command(flatten)]
+        target: RepoArgs,
     },
     /// Remove chunks that no snapshot (kept or in the trash) references and that are older
     /// than retention.gc_grace or used by a session `serve` has open. Safe while backups
     /// run; an `undelete` waits while it marks.
     Gc {
         #[command(flatten)]
-        target: RepoTarget,
+        target: RepoArgs,
         #[arg(long)]
         dry_run: bool,
     },
@@ -85,8 +94,8 @@ enum Command {
     /// REPO/quarantine so the next nightly run uploads them again.
     /// Exit code 3 when damage was found.
     Verify {
-        #[arg(long)]
-        repo: PathBuf,
+        #[command(flatten)]
+        target: RepoArgs,
         /// Re-read and re-hash every chunk.
         #[arg(long, conflicts_with = "read_data_subset")]
         read_data: bool,
@@ -105,8 +114,8 @@ enum Command {
     /// becomes the baseline for the next comparison. Written once to REPO/acks/<id>.json.
     Ack {
         snapshot: String,
-        #[arg(long)]
-        repo: PathBuf,
+        #[command(flatten)]
+        target: RepoArgs,
         /// Why the drop was expected (kept in the ack file and the audit log).
         #[arg(long)]
         note: Option<String>,
@@ -120,8 +129,8 @@ enum Command {
     /// sender committed. Written once to REPO/rejects/<id>.json.
     Reject {
         snapshot: String,
-        #[arg(long)]
-        repo: PathBuf,
+        #[command(flatten)]
+        target: RepoArgs,
         /// Why (kept in the reject file and the audit log).
         #[arg(long)]
         note: Option<String>,
@@ -129,34 +138,6 @@ enum Command {
         #[arg(long)]
         operator: Option<String>,
     },
-}
-
-/// The repository a maintenance command works on, and where its policy comes from.
-#[derive(Args)]
-struct RepoTarget {
-    /// The repository (defaults to `repo` in --config).
-    #[arg(long)]
-    repo: Option<PathBuf>,
-    /// receiver.toml whose [retention] section applies (defaults otherwise).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-impl RepoTarget {
-    fn open(&self) -> anyhow::Result<(Maintainer, RetentionConfig)> {
-        let config = self
-            .config
-            .as_deref()
-            .map(ReceiverConfig::load)
-            .transpose()?;
-        let repo = match (&self.repo, &config) {
-            (Some(r), _) => r.clone(),
-            (None, Some(c)) => c.repo.clone(),
-            (None, None) => anyhow::bail!("give --repo or --config"),
-        };
-        let retention = config.map(|c| c.retention).unwrap_or_default();
-        Ok((Maintainer::open(&repo)?, retention))
-    }
 }
 
 /// Verification found damage: exit code 3.
@@ -176,8 +157,19 @@ struct RestoreIncomplete {
 struct RestoreArgs {
     /// Snapshot id, or `latest` (the newest good snapshot).
     snapshot: String,
-    #[arg(long)]
-    repo: PathBuf,
+    #[command(flatten)]
+    target: RepoArgs,
+    /// Restore only the objects whose key matches one of these globs (repeatable; `*`
+    /// stays within a path component, `**` crosses `/`: `briefe/1923/**`).
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Leave out the objects whose key matches one of these globs (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// With --objects-to-s3: replace an object the bucket holds with other content
+    /// (without it such objects are left alone and listed; exit code 4).
+    #[arg(long, requires = "objects_to_s3")]
+    overwrite: bool,
     /// Let `latest` mean the newest snapshot whatever its status. (A snapshot named by
     /// its id is restored whatever its status, with a warning when it is not good.)
     #[arg(long)]
@@ -222,10 +214,10 @@ struct DrillArgs {
     #[arg(long, requires = "snapshot")]
     allow_suspect: bool,
     /// The repository; default: `repo` from --config.
-    #[arg(long, required_unless_present = "config")]
+    #[arg(long)]
     repo: Option<PathBuf>,
     /// receiver.toml, for its [drill] section (and `repo`).
-    #[arg(long)]
+    #[arg(long, env = "BACKUP_RECEIVER_CONFIG")]
     config: Option<PathBuf>,
     /// Drill the newest snapshot at least this old (receiver's clock), e.g. `30d`.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -311,31 +303,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = ReceiverConfig::load(&config)?;
             server::serve(config, clock::from_env(), shutdown_signal()).await
         }
-        Command::Snapshots { repo, json } => {
-            let repo = Repository::open(&repo)?;
+        Command::Snapshots { target, json } => {
+            let repo = target.open()?;
             let mut rows: Vec<SnapshotRow> = Vec::new();
             repo.for_each_manifest(|m| {
                 rows.push(SnapshotRow::from(&m).with_verdicts(&repo));
                 true
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                out::print_json(&rows)?;
             } else if rows.is_empty() {
-                println!("no snapshots yet");
+                out::print("no snapshots yet\n")?;
             } else {
-                print!("{}", snapshots::table(&rows));
+                out::print(&snapshots::table(&rows))?;
             }
             Ok(())
         }
+        Command::Ls(args) => args.run(),
+        Command::Find(args) => args.run(),
+        Command::Diff(args) => args.run(),
+        Command::Dump(args) => args.run(),
         Command::Restore(args) => restore_cmd(args).await,
         Command::Drill(args) => drill_cmd(args).await,
         Command::Ack {
             snapshot,
-            repo,
+            target,
             note,
             operator,
         } => {
-            let repo = Repository::open(&repo)?;
+            let repo = target.open()?;
             let now = clock::from_env()();
             let ack = guard::acknowledge(
                 &repo,
@@ -354,11 +350,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Reject {
             snapshot,
-            repo,
+            target,
             note,
             operator,
         } => {
-            let repo = Repository::open(&repo)?;
+            let repo = target.open()?;
             let now = clock::from_env()();
             let r = verdicts::reject(
                 &repo,
@@ -376,7 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Prune { target, dry_run } => {
-            let (repo, cfg) = target.open()?;
+            let (repo, cfg) = target.open_with_retention()?;
             let now = clock::from_env()();
             let report =
                 tokio::task::spawn_blocking(move || prune::prune(&repo, &cfg, now, dry_run))
@@ -397,8 +393,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Undelete { snapshot, repo } => {
-            let repo = Maintainer::open(&repo)?;
+        Command::Undelete { snapshot, target } => {
+            let repo = target.open_maintainer()?;
             let entry = trash::undelete(&repo, &snapshot)?;
             println!(
                 "snapshot {} is back (pruned at {}) and held against prune",
@@ -408,7 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gc { target, dry_run } => {
-            let (repo, cfg) = target.open()?;
+            let (repo, cfg) = target.open_with_retention()?;
             let now = clock::from_env()();
             // The sessions `serve` has open hold the cut-off back through their leases.
             let cut = gc::cutoff_with_leases(&repo, now, cfg.gc_grace.0, None)?;
@@ -436,12 +432,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify {
-            repo,
+            target,
             read_data,
             read_data_subset,
             json,
         } => {
-            let repo = Maintainer::open(&repo)?;
+            let repo = target.open_maintainer()?;
             let read = match (read_data, read_data_subset) {
                 (true, _) => verify::ReadData::All,
                 (false, Some(subset)) => subset,
@@ -450,7 +446,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r =
                 tokio::task::spawn_blocking(move || verify::verify(&repo, read, true)).await??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out::print_json(&r)?;
             } else {
                 println!(
                     "{} snapshots, {} chunks referenced, {} read back ({}), {} damaged",
@@ -534,14 +530,16 @@ async fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("nothing to restore to: give --dump-out, --objects-out, --pg-restore or --objects-to-s3");
     }
-    let repo = Repository::open(&args.repo)?;
+    let repo = args.target.open()?;
+    let filter = KeyFilter::new(&args.include, &args.exclude)?;
     // Naming an id is the operator's choice (warned about below); `latest` is the newest
     // good snapshot unless --allow-suspect.
-    let manifest = if args.snapshot == "latest" && args.allow_suspect {
+    let mut manifest = if args.snapshot == "latest" && args.allow_suspect {
         repo.resolve_any("latest")?
     } else {
         repo.resolve(&args.snapshot, true)?
     };
+    restore_select(&mut manifest, &filter)?;
     eprintln!(
         "restoring snapshot {} ({}, {} objects)",
         escape(&manifest.id),
@@ -567,8 +565,10 @@ async fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &args.objects_out {
         let (repo, m, dir) = (repo.clone(), manifest.clone(), dir.clone());
-        let outcome =
-            tokio::task::spawn_blocking(move || restore::objects_to_dir(&repo, &m, &dir)).await??;
+        let outcome = tokio::task::spawn_blocking(move || {
+            restore::objects_to_dir(&repo, &m, &dir, &Progress::for_stderr())
+        })
+        .await??;
         for (key, e) in &outcome.failures {
             eprintln!(
                 "object \"{}\" NOT restored: {}",
@@ -606,14 +606,68 @@ async fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
             read_secret("--s3-access-key-file", &key_file)?,
             read_secret("--s3-secret-key-file", &secret_file)?,
         );
+        let target = restore::S3Target { client, bucket };
+        let progress = Progress::for_stderr();
         let t =
-            restore::objects_to_s3(&repo, &manifest, &restore::S3Target { client, bucket }).await?;
-        eprintln!(
-            "objects to S3: {} objects, {} bytes verified and uploaded",
-            t.objects, t.bytes
-        );
+            restore::objects_to_s3(&repo, &manifest, &target, args.overwrite, &progress).await?;
+        report_s3(&t);
+        if !t.skipped.is_empty() {
+            return Err(RestoreIncomplete {
+                failed: t.skipped.len(),
+                total: manifest.objects.len(),
+            }
+            .into());
+        }
     }
     Ok(())
+}
+
+/// Narrows a restore to the objects `filter` lets through (all without globs); says how
+/// many on stderr, and refuses a filter that matches nothing.
+fn restore_select(
+    manifest: &mut backup_common::manifest::Manifest,
+    filter: &KeyFilter,
+) -> anyhow::Result<()> {
+    if filter.is_all() {
+        return Ok(());
+    }
+    let before = manifest.objects.len();
+    manifest.objects.retain(|o| filter.matches(&o.key));
+    if manifest.objects.is_empty() {
+        anyhow::bail!(
+            "no object of snapshot {} matches the --include/--exclude globs ({before} objects in it)",
+            escape(&manifest.id)
+        );
+    }
+    eprintln!(
+        "selected {} of {before} objects by --include/--exclude",
+        manifest.objects.len()
+    );
+    Ok(())
+}
+
+fn report_s3(t: &backup_receiver::operator::to_s3::S3Outcome) {
+    for k in &t.overwritten {
+        eprintln!(
+            "object \"{}\": other content in the bucket replaced (--overwrite)",
+            escape(k)
+        );
+    }
+    for s in &t.skipped {
+        eprintln!(
+            "object \"{}\" SKIPPED: the bucket holds other content there ({} bytes{}); give --overwrite to replace it",
+            escape(&s.key),
+            s.live_size,
+            s.live_hash.as_deref().map(|h| format!(", blake3 {h}")).unwrap_or_default()
+        );
+    }
+    eprintln!(
+        "objects to S3: {} objects, {} bytes verified and uploaded; {} already identical; {} skipped",
+        t.uploaded.objects,
+        t.uploaded.bytes,
+        t.identical.len(),
+        t.skipped.len()
+    );
 }
 
 async fn drill_cmd(args: DrillArgs) -> anyhow::Result<()> {
@@ -746,6 +800,7 @@ async fn main() -> ExitCode {
     backup_common::limit_malloc_arenas();
     backup_common::tls::install_crypto_provider();
     init_logging();
+    out::quiet_broken_pipe();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

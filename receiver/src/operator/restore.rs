@@ -22,10 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use backup_common::chunk::ChunkId;
 use backup_common::durable;
 use backup_common::keys::{self, KeyError};
-use backup_common::manifest::{ChunkRef, DumpEntry, Manifest, ObjectEntry};
+use backup_common::manifest::{ChunkRef, DumpEntry, Manifest};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::operator::progress::Progress;
 use crate::store::repository::{RepoError, Repository};
 
 #[derive(Debug, thiserror::Error)]
@@ -535,11 +536,13 @@ pub fn objects_to_dir(
     repo: &Repository,
     manifest: &Manifest,
     dir: &Path,
+    progress: &Progress,
 ) -> Result<ObjectsOutcome, RestoreError> {
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
 
     let target = Target::create(dir)?;
+    progress.start(Some(manifest.objects.len() as u64), "objects");
     let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<(usize, String, RestoreError)>> = Mutex::new(Vec::new());
     let worker = || -> ObjectTotals {
@@ -554,6 +557,7 @@ pub fn objects_to_dir(
                 Ok(()) => {
                     totals.objects += 1;
                     totals.bytes += o.size;
+                    progress.item(o.size);
                 }
                 Err(e) => {
                     let error = backup_common::term::escape(&e.to_string()).into_owned();
@@ -571,6 +575,7 @@ pub fn objects_to_dir(
             .map(|h| h.join().expect("restore worker panicked"))
             .collect()
     });
+    progress.finish();
     let mut failures = failures.into_inner().unwrap();
     failures.sort_by_key(|(i, _, _)| *i);
     Ok(ObjectsOutcome {
@@ -584,169 +589,4 @@ pub fn objects_to_dir(
     })
 }
 
-/// Where `--objects-to-s3` uploads.
-pub struct S3Target {
-    pub client: aws_sdk_s3::Client,
-    pub bucket: String,
-}
-
-/// Parts of at least this size go into a multipart upload (S3's minimum is 5 MiB).
-const PART_BYTES: usize = 16 * 1024 * 1024;
-
-/// Uploads every object to the S3 bucket, verifying each stream on the way. Memory stays
-/// at about one part per object: large objects go up as multipart uploads.
-pub async fn objects_to_s3(
-    repo: &Repository,
-    manifest: &Manifest,
-    target: &S3Target,
-) -> Result<ObjectTotals, RestoreError> {
-    let mut totals = ObjectTotals::default();
-    for o in &manifest.objects {
-        keys::validate(&o.key).map_err(|first| RestoreError::UnsafeKeys { count: 1, first })?;
-        upload_object(repo, o, target).await?;
-        totals.objects += 1;
-        totals.bytes += o.size;
-    }
-    Ok(totals)
-}
-
-async fn upload_object(
-    repo: &Repository,
-    o: &ObjectEntry,
-    target: &S3Target,
-) -> Result<(), RestoreError> {
-    use aws_sdk_s3::primitives::ByteStream;
-    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-    let s3err = |e: &dyn std::fmt::Display| RestoreError::S3 {
-        key: o.key.clone(),
-        message: e.to_string(),
-    };
-    // Parts are assembled on a blocking thread and handed over one at a time.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
-    let repo2 = repo.clone();
-    let entry = o.clone();
-    let producer = tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
-        struct PartWriter {
-            buf: Vec<u8>,
-            tx: tokio::sync::mpsc::Sender<Vec<u8>>,
-        }
-        impl Write for PartWriter {
-            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-                self.buf.extend_from_slice(data);
-                if self.buf.len() >= PART_BYTES {
-                    let part = std::mem::take(&mut self.buf);
-                    self.tx
-                        .blocking_send(part)
-                        .map_err(|_| io::Error::other("upload stopped"))?;
-                }
-                Ok(data.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut w = PartWriter {
-            buf: Vec::new(),
-            tx,
-        };
-        write_stream(
-            &repo2,
-            &entry.key,
-            &entry.chunks,
-            entry.size,
-            entry.hash,
-            &mut w,
-        )?;
-        if !w.buf.is_empty() || entry.size == 0 {
-            let _ = w.tx.blocking_send(std::mem::take(&mut w.buf));
-        }
-        Ok(())
-    });
-    let first = rx.recv().await.unwrap_or_default();
-    let second = rx.recv().await;
-    match second {
-        None => {
-            // Single part: wait for verification before the object becomes visible.
-            producer.await.map_err(|e| s3err(&e))??;
-            target
-                .client
-                .put_object()
-                .bucket(&target.bucket)
-                .key(&o.key)
-                .body(ByteStream::from(first))
-                .send()
-                .await
-                .map_err(|e| s3err(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
-        }
-        Some(second) => {
-            let upload = target
-                .client
-                .create_multipart_upload()
-                .bucket(&target.bucket)
-                .key(&o.key)
-                .send()
-                .await
-                .map_err(|e| s3err(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
-            let upload_id = upload.upload_id().unwrap_or_default().to_string();
-            let mut parts = Vec::new();
-            let mut next = Some(first);
-            let mut pending = Some(second);
-            let mut number = 1;
-            let result: Result<(), RestoreError> = async {
-                while let Some(body) = next.take() {
-                    let out = target
-                        .client
-                        .upload_part()
-                        .bucket(&target.bucket)
-                        .key(&o.key)
-                        .upload_id(&upload_id)
-                        .part_number(number)
-                        .body(ByteStream::from(body))
-                        .send()
-                        .await
-                        .map_err(|e| s3err(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
-                    parts.push(
-                        CompletedPart::builder()
-                            .part_number(number)
-                            .set_e_tag(out.e_tag().map(str::to_string))
-                            .build(),
-                    );
-                    number += 1;
-                    next = match pending.take() {
-                        Some(p) => Some(p),
-                        None => rx.recv().await,
-                    };
-                }
-                producer.await.map_err(|e| s3err(&e))??;
-                Ok(())
-            }
-            .await;
-            if let Err(e) = result {
-                let _ = target
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&target.bucket)
-                    .key(&o.key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                return Err(e);
-            }
-            target
-                .client
-                .complete_multipart_upload()
-                .bucket(&target.bucket)
-                .key(&o.key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| s3err(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
-        }
-    }
-    Ok(())
-}
+pub use crate::operator::to_s3::{objects_to_s3, S3Target};

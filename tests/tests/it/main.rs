@@ -1,6 +1,7 @@
 //! The end-to-end suite as one test binary (one link instead of one per file): real
 //! PostgreSQL, a real S3 server, and the real binaries over mutual TLS on loopback.
 
+mod browse;
 mod crash;
 mod drill;
 mod drill_hostile;

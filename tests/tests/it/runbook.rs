@@ -532,7 +532,17 @@ fn deployment_md_runbook_commands_match_the_cli_and_the_scripts() {
         }
     }
 
-    let subcommands = ["restore", "drill", "snapshots", "ack", "verify"];
+    let subcommands = [
+        "restore",
+        "drill",
+        "snapshots",
+        "ack",
+        "verify",
+        "ls",
+        "find",
+        "diff",
+        "dump",
+    ];
     let mut help: BTreeMap<&str, String> = BTreeMap::new();
     let mut checked = 0;
     for command in &commands {

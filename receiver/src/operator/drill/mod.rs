@@ -421,7 +421,9 @@ struct ObjectsOutcome {
 /// Restores every object below `dir` with restore's one writer, verifying each; every
 /// object that does not restore is named.
 fn restore_objects(repo: &Repository, manifest: &Manifest, dir: &Path) -> ObjectsOutcome {
-    match restore::objects_to_dir(repo, manifest, dir) {
+    // A bar on a terminal (a drill by hand); nothing under the timer.
+    let progress = crate::operator::progress::Progress::for_stderr();
+    match restore::objects_to_dir(repo, manifest, dir, &progress) {
         Ok(o) => ObjectsOutcome {
             restored: o.restored.objects,
             bytes: o.restored.bytes,
