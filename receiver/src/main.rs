@@ -83,9 +83,10 @@ enum Command {
     /// it decompresses and re-hashes correctly). Corrupt chunks are moved to
     /// REPO/quarantine so the next nightly run uploads them again.
     /// Exit code 3 when damage was found.
+    /// With --config, damage also sends a `/fail` ping to `monitoring.healthcheck_url`.
     Verify {
-        #[arg(long)]
-        repo: PathBuf,
+        #[command(flatten)]
+        target: RepoTarget,
         /// Re-read and re-hash every chunk.
         #[arg(long, conflicts_with = "read_data_subset")]
         read_data: bool,
@@ -428,12 +429,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify {
-            repo,
+            target,
             read_data,
             read_data_subset,
             json,
         } => {
-            let repo = Repository::open(&repo)?;
+            let (repo, _) = target.open()?;
+            let monitoring = match &target.config {
+                Some(c) => Some(ReceiverConfig::load(c)?.monitoring),
+                None => None,
+            };
             let read = match (read_data, read_data_subset) {
                 (true, _) => verify::ReadData::All,
                 (false, Some(subset)) => subset,
@@ -469,6 +474,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if r.ok() {
                 Ok(())
             } else {
+                if let Some(m) = &monitoring {
+                    let body =
+                        backup_receiver::maintenance::verify_schedule::damage_text(&r.damage);
+                    backup_receiver::monitoring::monitor::report_verify_damage(m, &body).await;
+                }
                 Err(DamageFound(r.damage.len()).into())
             }
         }

@@ -27,7 +27,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
+use crate::maintenance::verify_schedule::PassOutcome;
+use crate::maintenance::verify_state::VerifyState;
 use crate::store::repository::Repository;
+use backup_common::bounded::bounded;
 
 /// A scrape connection is served for at most this long.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +53,12 @@ struct State {
     free_bytes: Option<u64>,
     rejected: BTreeMap<String, u64>,
     last_verify: Option<(DateTime<Utc>, bool)>,
+    /// From `serve`'s verification schedule: the current cycle's share done, files in
+    /// quarantine, heals confirmed (all time) and chunks lost for good.
+    verify_progress: Option<f64>,
+    quarantined: Option<u64>,
+    healed_total: u64,
+    lost_chunks: u64,
     /// Conditions alerting right now, kind → message.
     active: BTreeMap<&'static str, String>,
     /// Conditions a fail ping went out for since the last success ping.
@@ -214,6 +223,35 @@ impl Monitor {
                 format!("receiver: verification found damage: {d}\n"),
             );
         }
+    }
+
+    /// The verification schedule's remembered state, read at start: the metrics go on
+    /// from where the last process left them.
+    pub fn verify_restored(&self, s: &VerifyState) {
+        let mut st = self.state();
+        if let Some(t) = s.last_pass {
+            st.last_verify = Some((t, s.last_pass_ok));
+        }
+        st.verify_progress = Some(s.cycle_progress);
+        st.healed_total = s.healed_total;
+        st.lost_chunks = s.lost.len() as u64;
+    }
+
+    /// A scheduled verification pass finished: metrics, and one fail ping if it found
+    /// damage no earlier pass reported or declared chunks lost for good.
+    pub fn verify_pass(&self, s: &VerifyState, outcome: &PassOutcome) {
+        self.verify_restored(s);
+        self.state().quarantined = Some(outcome.quarantined);
+        if let Some(body) = outcome.alert() {
+            self.ping(Signal::Fail, body);
+        }
+    }
+
+    /// A scheduled pass could not run (an I/O error): the last verification is a failure.
+    pub fn verify_failed(&self, why: &str) {
+        let now = (self.clock)();
+        self.state().last_verify = Some((now, false));
+        self.ping(Signal::Fail, format!("receiver: {}\n", bounded(why)));
     }
 
     fn read_repo(repo: &Repository, known: &[String]) -> RepoStats {
@@ -515,6 +553,30 @@ impl Monitor {
                 time.timestamp().to_string(),
             );
         }
+        if let Some(p) = st.verify_progress {
+            gauge(
+                "backup_receiver_verify_cycle_progress_ratio",
+                "Share of the stored chunks the current verification cycle has read back.",
+                format!("{p:.4}"),
+            );
+            gauge(
+                "backup_receiver_verify_healed_chunks",
+                "Damaged chunks confirmed healed (uploaded again and read back), all time.",
+                st.healed_total.to_string(),
+            );
+            gauge(
+                "backup_receiver_verify_lost_chunks",
+                "Damaged chunks no source will send again (permanent loss).",
+                st.lost_chunks.to_string(),
+            );
+        }
+        if let Some(q) = st.quarantined {
+            gauge(
+                "backup_receiver_quarantined_chunks",
+                "Chunk files in the repository's quarantine.",
+                q.to_string(),
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP backup_receiver_rejected_requests_total Requests refused or rejected, by reason.\n\
@@ -544,16 +606,13 @@ impl Monitor {
 }
 
 /// Reports verification damage from a process that runs no [`Monitor`] (the CLI's
-/// `verify`): one fail ping to the configured check, if any.
-pub async fn report_verify_damage(config: &MonitoringConfig, damage: &str) {
+/// `verify --config`): one fail ping with `body` (bounded by the caller, see
+/// `verify_schedule::damage_text`) to the configured check, if any.
+pub async fn report_verify_damage(config: &MonitoringConfig, body: &str) {
     if let Some(url) = &config.healthcheck_url {
         match Pinger::new(url, config.ping_timeout.0, config.ping_retries) {
             Ok(p) => {
-                p.send(
-                    Signal::Fail,
-                    &format!("receiver: verification found damage: {damage}\n"),
-                )
-                .await;
+                p.send(Signal::Fail, body).await;
             }
             Err(e) => tracing::error!(error = %e, "cannot set up healthcheck pings"),
         }
