@@ -16,3 +16,4 @@ mod restore_safety;
 mod runbook;
 mod tailscale_policy;
 mod two_months;
+mod verify_schedule;
