@@ -27,10 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
-use crate::maintenance::verify_schedule::PassOutcome;
-use crate::maintenance::verify_state::VerifyState;
 use crate::store::repository::Repository;
-use backup_common::bounded::bounded;
+
+mod verify_hooks;
 
 /// A scrape connection is served for at most this long.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -223,35 +222,6 @@ impl Monitor {
                 format!("receiver: verification found damage: {d}\n"),
             );
         }
-    }
-
-    /// The verification schedule's remembered state, read at start: the metrics go on
-    /// from where the last process left them.
-    pub fn verify_restored(&self, s: &VerifyState) {
-        let mut st = self.state();
-        if let Some(t) = s.last_pass {
-            st.last_verify = Some((t, s.last_pass_ok));
-        }
-        st.verify_progress = Some(s.cycle_progress);
-        st.healed_total = s.healed_total;
-        st.lost_chunks = s.lost.len() as u64;
-    }
-
-    /// A scheduled verification pass finished: metrics, and one fail ping if it found
-    /// damage no earlier pass reported or declared chunks lost for good.
-    pub fn verify_pass(&self, s: &VerifyState, outcome: &PassOutcome) {
-        self.verify_restored(s);
-        self.state().quarantined = Some(outcome.quarantined);
-        if let Some(body) = outcome.alert() {
-            self.ping(Signal::Fail, body);
-        }
-    }
-
-    /// A scheduled pass could not run (an I/O error): the last verification is a failure.
-    pub fn verify_failed(&self, why: &str) {
-        let now = (self.clock)();
-        self.state().last_verify = Some((now, false));
-        self.ping(Signal::Fail, format!("receiver: {}\n", bounded(why)));
     }
 
     fn read_repo(repo: &Repository, known: &[String]) -> RepoStats {
@@ -553,30 +523,7 @@ impl Monitor {
                 time.timestamp().to_string(),
             );
         }
-        if let Some(p) = st.verify_progress {
-            gauge(
-                "backup_receiver_verify_cycle_progress_ratio",
-                "Share of the stored chunks the current verification cycle has read back.",
-                format!("{p:.4}"),
-            );
-            gauge(
-                "backup_receiver_verify_healed_chunks",
-                "Damaged chunks confirmed healed (uploaded again and read back), all time.",
-                st.healed_total.to_string(),
-            );
-            gauge(
-                "backup_receiver_verify_lost_chunks",
-                "Damaged chunks no source will send again (permanent loss).",
-                st.lost_chunks.to_string(),
-            );
-        }
-        if let Some(q) = st.quarantined {
-            gauge(
-                "backup_receiver_quarantined_chunks",
-                "Chunk files in the repository's quarantine.",
-                q.to_string(),
-            );
-        }
+        verify_hooks::gauges(&st, &mut out);
         let _ = writeln!(
             out,
             "# HELP backup_receiver_rejected_requests_total Requests refused or rejected, by reason.\n\
