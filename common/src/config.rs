@@ -286,6 +286,43 @@ pub struct ReceiverConfig {
     pub drill: DrillConfig,
     #[serde(default)]
     pub monitoring: MonitoringConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+/// `[verify]` on the receiver: `serve`'s own verification schedule (receiver clock).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// How often a pass runs; `"0s"` turns the schedule off.
+    pub interval: HumanDuration,
+    /// Each pass re-reads every chunk stored since the last pass.
+    pub read_new: bool,
+    /// Every stored chunk is re-read at least once per cycle (a slice each pass).
+    pub cycle: HumanDuration,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            interval: HumanDuration(Duration::from_secs(24 * 3600)),
+            read_new: true,
+            cycle: HumanDuration(Duration::from_secs(30 * 86400)),
+        }
+    }
+}
+
+impl VerifyConfig {
+    /// The key at fault and why, if the section is unusable.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if !self.interval.0.is_zero() && self.cycle.0 < self.interval.0 {
+            return Err((
+                "verify.cycle",
+                "must be at least verify.interval (a cycle is one or more passes)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The receiver's own monitoring, independent of the sender's check.
@@ -731,6 +768,9 @@ impl ReceiverConfig {
                 "admission.allowed_networks",
                 "must name at least one network, e.g. \"100.64.0.0/10\"",
             ));
+        }
+        if let Err((key, message)) = cfg.verify.check() {
+            return Err(invalid(key, message));
         }
         if cfg.limits.max_sessions == 0 {
             return Err(invalid("limits.max_sessions", "must be at least 1"));

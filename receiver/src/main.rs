@@ -93,6 +93,7 @@ enum Command {
     /// it decompresses and re-hashes correctly). Corrupt chunks are moved to
     /// REPO/quarantine so the next nightly run uploads them again.
     /// Exit code 3 when damage was found.
+    /// With --config, damage also sends a `/fail` ping to `monitoring.healthcheck_url`.
     Verify {
         #[command(flatten)]
         target: RepoArgs,
@@ -438,6 +439,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let repo = target.open_maintainer()?;
+            let monitoring = match &target.config {
+                Some(c) => Some(ReceiverConfig::load(c)?.monitoring),
+                None => None,
+            };
             let read = match (read_data, read_data_subset) {
                 (true, _) => verify::ReadData::All,
                 (false, Some(subset)) => subset,
@@ -473,6 +478,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if r.ok() {
                 Ok(())
             } else {
+                if let Some(m) = &monitoring {
+                    let body =
+                        backup_receiver::maintenance::verify_schedule::damage_text(&r.damage);
+                    backup_receiver::monitoring::monitor::report_verify_damage(m, &body).await;
+                }
                 Err(DamageFound(r.damage.len()).into())
             }
         }

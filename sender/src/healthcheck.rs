@@ -51,8 +51,8 @@ pub fn success_body(summary: &Summary) -> String {
     format!("{summary}\n")
 }
 
-/// First line: the reason kind (`config`, `source`, `receiver`, `local`, `timeout`), then
-/// the message, then the last log lines.
+/// First line: the reason kind (`config`, `source`, `receiver`, `local`, `timeout`,
+/// `suspect`), then the message, then the last log lines.
 pub fn fail_body(err: &RunError, log_tail: &str) -> String {
     let mut body = format!(
         "backup failed: {} (exit code {})\n{err}\n",
@@ -71,7 +71,14 @@ pub fn fail_body(err: &RunError, log_tail: &str) -> String {
 pub async fn reported_run(cfg: &SenderConfig, log_tail: &LogTail) -> Result<Summary, RunError> {
     let hc = Healthcheck::from_config(cfg.healthcheck.as_ref());
     hc.start().await;
-    let result = run::run_with_deadline(cfg).await;
+    // A committed snapshot the receiver flagged suspect is not a success: the sender's
+    // check turns red with the receiver's.
+    let result = run::run_with_deadline(cfg)
+        .await
+        .and_then(|summary| match summary.suspect {
+            Some(_) => Err(RunError::Suspect(Box::new(summary))),
+            None => Ok(summary),
+        });
     match &result {
         Ok(summary) => hc.success(summary).await,
         Err(e) => {

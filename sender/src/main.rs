@@ -2,7 +2,8 @@
 //!
 //! Exit codes (documented in `docs/MONITORING.md`; one place maps them, [`RunError`]):
 //! 0 success (the receiver confirmed the commit), 2 configuration, 3 source (database or
-//! bucket), 4 receiver, 5 local backup directory, 6 timeout (`run.deadline`).
+//! bucket), 4 receiver, 5 local backup directory, 6 timeout (`run.deadline`), 7 suspect
+//! (committed, but the receiver flagged the snapshot suspect; the summary is still printed).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,19 +72,25 @@ async fn run_cmd(config: PathBuf, json: bool, tail: &LogTail) -> ExitCode {
         Ok(cfg) => healthcheck::reported_run(&cfg, tail).await,
         Err(e) => Err(RunError::Config(e.into())),
     };
+    let print = |summary: &backup_sender::run::Summary| {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(summary).expect("summary serializes")
+            );
+        } else {
+            println!("{summary}");
+        }
+    };
     match result {
         Ok(summary) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&summary).expect("summary serializes")
-                );
-            } else {
-                println!("{summary}");
-            }
+            print(&summary);
             ExitCode::SUCCESS
         }
         Err(e) => {
+            if let RunError::Suspect(summary) = &e {
+                print(summary);
+            }
             eprintln!("backup failed ({}): {e}", e.kind());
             ExitCode::from(e.exit_code())
         }

@@ -30,6 +30,7 @@ use crate::upload::Uploader;
 /// | 4    | `receiver` | unreachable, refused us, refused the snapshot, or recorded less |
 /// | 5    | `local`    | the local dump directory: not writable or not enough space     |
 /// | 6    | `timeout`  | the run did not finish within `run.deadline`                    |
+/// | 7    | `suspect`  | committed, but the receiver flagged the snapshot suspect        |
 ///
 /// The `kind` is also the first word of the reason in the healthcheck's fail ping.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,10 @@ pub enum RunError {
     Local(anyhow::Error),
     #[error("timeout: the run did not finish within run.deadline ({})", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// The snapshot was committed, but the receiver's guard flagged it suspect (the reason
+    /// is the receiver's, bounded there): the night is not a success.
+    #[error("suspect: the receiver committed snapshot {} but flagged it SUSPECT: {}", .0.snapshot_id, .0.suspect.as_deref().unwrap_or(""))]
+    Suspect(Box<Summary>),
 }
 
 impl RunError {
@@ -54,6 +59,7 @@ impl RunError {
             RunError::Receiver(_) => 4,
             RunError::Local(_) => 5,
             RunError::Timeout(_) => 6,
+            RunError::Suspect(_) => 7,
         }
     }
 
@@ -64,6 +70,7 @@ impl RunError {
             RunError::Receiver(_) => "receiver",
             RunError::Local(_) => "local",
             RunError::Timeout(_) => "timeout",
+            RunError::Suspect(_) => "suspect",
         }
     }
 }
@@ -390,9 +397,29 @@ mod tests {
             RunError::Receiver(anyhow::anyhow!("x")),
             RunError::Local(anyhow::anyhow!("x")),
             RunError::Timeout(Duration::from_secs(1)),
+            RunError::Suspect(Box::new(Summary {
+                snapshot_id: "s1".into(),
+                dump_bytes: 0,
+                dump_file: String::new(),
+                objects_total: 0,
+                objects_new: 0,
+                objects_changed: 0,
+                objects_unchanged: 0,
+                objects_gone: 0,
+                object_bytes_read: 0,
+                chunks_sent: 0,
+                bytes_sent: 0,
+                raw_bytes_sent: 0,
+                duration_secs: 0.0,
+                suspect: Some("rows vanished".into()),
+            })),
         ];
         let codes: Vec<u8> = errs.iter().map(RunError::exit_code).collect();
-        assert_eq!(codes, [2, 3, 4, 5, 6]);
+        assert_eq!(codes, [2, 3, 4, 5, 6, 7]);
+        assert_eq!(
+            errs[5].to_string(),
+            "suspect: the receiver committed snapshot s1 but flagged it SUSPECT: rows vanished"
+        );
         assert_eq!(
             errs[4].to_string(),
             "timeout: the run did not finish within run.deadline (1s)"

@@ -5,3 +5,5 @@ pub mod gc;
 pub mod prune;
 pub mod schedule;
 pub mod verify;
+pub mod verify_schedule;
+pub mod verify_state;

@@ -7,11 +7,12 @@
 //! chunks, so the sender re-reads them from the source) and every snapshot that names the
 //! chunk heals. Damage is reported with the snapshots and objects it affects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use backup_common::chunk::ChunkId;
-use serde::Serialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::store::backend::Space;
 use crate::store::repository::{Maintainer, RepoError};
@@ -58,7 +59,7 @@ impl ReadData {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Problem {
     Missing,
@@ -69,7 +70,7 @@ pub enum Problem {
 }
 
 /// Where a damaged chunk is used: a snapshot and the dump or object in it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Affected {
     pub snapshot: String,
     /// `dump <file name>` or `object <key>`.
@@ -94,6 +95,17 @@ pub struct VerifyReport {
     pub chunks_read: u64,
     pub bytes_read: u64,
     pub damage: Vec<Damage>,
+    /// The newest snapshot (id, commit time on the receiver clock), if any.
+    #[serde(skip)]
+    pub newest: Option<(String, DateTime<Utc>)>,
+}
+
+/// A chunk the snapshots reference: every length a manifest claims for it, and when the
+/// first snapshot naming it was committed (receiver clock).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub lens: Vec<u32>,
+    pub first: DateTime<Utc>,
 }
 
 impl VerifyReport {
@@ -119,25 +131,49 @@ pub fn verify(
     read: ReadData,
     quarantine_corrupt: bool,
 ) -> Result<VerifyReport, RepoError> {
+    verify_selected(repo, quarantine_corrupt, |claimed| {
+        claimed
+            .keys()
+            .filter(|id| read.reads(id))
+            .copied()
+            .collect()
+    })
+}
+
+/// As [`verify`], reading back the chunks `select` picks from every referenced one (the
+/// others are only checked for existence).
+pub fn verify_selected(
+    repo: &Maintainer,
+    quarantine_corrupt: bool,
+    select: impl FnOnce(&BTreeMap<ChunkId, Claim>) -> BTreeSet<ChunkId>,
+) -> Result<VerifyReport, RepoError> {
     let mut report = VerifyReport::default();
     // Each referenced chunk once, with every length a manifest claims for it.
-    let mut claimed: BTreeMap<ChunkId, Vec<u32>> = BTreeMap::new();
+    let mut claimed: BTreeMap<ChunkId, Claim> = BTreeMap::new();
     repo.for_each_manifest(|m| {
         report.snapshots += 1;
+        if report.newest.as_ref().is_none_or(|(_, t)| m.time >= *t) {
+            report.newest = Some((m.id.clone(), m.time));
+        }
         for r in m.chunk_refs() {
-            let lens = claimed.entry(r.id).or_default();
-            if !lens.contains(&r.len) {
-                lens.push(r.len);
+            let claim = claimed.entry(r.id).or_insert(Claim {
+                lens: Vec::new(),
+                first: m.time,
+            });
+            claim.first = claim.first.min(m.time);
+            if !claim.lens.contains(&r.len) {
+                claim.lens.push(r.len);
             }
         }
         true
     })?;
     report.chunks = claimed.len() as u64;
+    let chosen = select(&claimed);
     let mut bad: BTreeMap<ChunkId, (Problem, String, Option<PathBuf>)> = BTreeMap::new();
     // Intact chunks some manifest claims another length for, with their true length.
     let mut intact_len: BTreeMap<ChunkId, u32> = BTreeMap::new();
-    for (id, lens) in &claimed {
-        if !read.reads(id) {
+    for (id, Claim { lens, .. }) in &claimed {
+        if !chosen.contains(id) {
             if !repo.has_chunk(id) {
                 bad.insert(*id, (Problem::Missing, "no chunk file".into(), None));
             }

@@ -29,6 +29,8 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::store::repository::Repository;
 
+mod verify_hooks;
+
 /// A scrape connection is served for at most this long.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,6 +52,12 @@ struct State {
     free_bytes: Option<u64>,
     rejected: BTreeMap<String, u64>,
     last_verify: Option<(DateTime<Utc>, bool)>,
+    /// From `serve`'s verification schedule: the current cycle's share done, files in
+    /// quarantine, heals confirmed (all time) and chunks lost for good.
+    verify_progress: Option<f64>,
+    quarantined: Option<u64>,
+    healed_total: u64,
+    lost_chunks: u64,
     /// Conditions alerting right now, kind → message.
     active: BTreeMap<&'static str, String>,
     /// Conditions a fail ping went out for since the last success ping.
@@ -508,6 +516,7 @@ impl Monitor {
                 time.timestamp().to_string(),
             );
         }
+        verify_hooks::gauges(&st, &mut out);
         let _ = writeln!(
             out,
             "# HELP backup_receiver_rejected_requests_total Requests refused or rejected, by reason.\n\
@@ -537,16 +546,13 @@ impl Monitor {
 }
 
 /// Reports verification damage from a process that runs no [`Monitor`] (the CLI's
-/// `verify`): one fail ping to the configured check, if any.
-pub async fn report_verify_damage(config: &MonitoringConfig, damage: &str) {
+/// `verify --config`): one fail ping with `body` (bounded by the caller, see
+/// `verify_schedule::damage_text`) to the configured check, if any.
+pub async fn report_verify_damage(config: &MonitoringConfig, body: &str) {
     if let Some(url) = &config.healthcheck_url {
         match Pinger::new(url, config.ping_timeout.0, config.ping_retries) {
             Ok(p) => {
-                p.send(
-                    Signal::Fail,
-                    &format!("receiver: verification found damage: {damage}\n"),
-                )
-                .await;
+                p.send(Signal::Fail, body).await;
             }
             Err(e) => tracing::error!(error = %e, "cannot set up healthcheck pings"),
         }

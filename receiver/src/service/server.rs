@@ -59,6 +59,13 @@ pub async fn serve_on(
     }
     // Owned here: the monitor's checks, pings and scrapes stop when the server does.
     let background = tokio::spawn(monitor.run(metrics));
+    let _verify = crate::maintenance::verify_schedule::spawn(
+        maintainer.clone(),
+        config.verify.clone(),
+        clock.clone(),
+        service.monitor(),
+        service.audit(),
+    );
     let sessions = service.clone();
     let _maintenance = crate::maintenance::schedule::spawn(
         maintainer,

@@ -41,6 +41,8 @@ pub enum Space {
     Leases,
     /// `<hex>[.N]`: chunks verification found damaged, moved aside.
     Quarantine,
+    /// `<n>.json`: the verification schedule's state, the newest number wins.
+    VerifyState,
 }
 
 impl Space {
@@ -56,6 +58,7 @@ impl Space {
             Space::Contested => "contested",
             Space::Leases => "leases",
             Space::Quarantine => "quarantine",
+            Space::VerifyState => "verify-state",
         }
     }
 }

@@ -18,3 +18,4 @@ mod runbook;
 mod store_races;
 mod tailscale_policy;
 mod two_months;
+mod verify_schedule;

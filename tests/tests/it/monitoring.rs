@@ -14,14 +14,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// One request the ping server received.
 #[derive(Debug, Clone)]
-struct Ping {
-    method: String,
-    path: String,
-    body: String,
+pub(crate) struct Ping {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) body: String,
 }
 
 /// A plain HTTP/1.1 server that records every request and answers 200.
-struct PingServer {
+pub(crate) struct PingServer {
     port: u16,
     pings: Arc<Mutex<Vec<Ping>>>,
     task: tokio::task::JoinHandle<()>,
@@ -70,7 +70,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<Ping> {
 }
 
 impl PingServer {
-    async fn start() -> PingServer {
+    pub(crate) async fn start() -> PingServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let pings = Arc::new(Mutex::new(Vec::new()));
@@ -97,16 +97,16 @@ impl PingServer {
     }
 
     /// The check URL for `name` (`/start`, `/fail` are appended by the pinger).
-    fn url(&self, name: &str) -> String {
+    pub(crate) fn url(&self, name: &str) -> String {
         format!("http://127.0.0.1:{}/{name}", self.port)
     }
 
     /// The pings sent to check `name`, as the suffix after its URL ("" is success).
-    fn signals(&self, name: &str) -> Vec<String> {
+    pub(crate) fn signals(&self, name: &str) -> Vec<String> {
         self.pings_for(name).into_iter().map(|p| p.path).collect()
     }
 
-    fn pings_for(&self, name: &str) -> Vec<Ping> {
+    pub(crate) fn pings_for(&self, name: &str) -> Vec<Ping> {
         let prefix = format!("/{name}");
         self.pings
             .lock()
@@ -123,7 +123,7 @@ impl PingServer {
     }
 
     /// Waits until check `name` received `n` pings.
-    async fn wait_for(&self, name: &str, n: usize, timeout: Duration) -> Vec<String> {
+    pub(crate) async fn wait_for(&self, name: &str, n: usize, timeout: Duration) -> Vec<String> {
         let until = Instant::now() + timeout;
         loop {
             let got = self.signals(name);
@@ -342,6 +342,54 @@ async fn receiver_refusing_the_snapshot_pings_fail() {
     let run = run_sender(&stack);
     assert_failed(&stack, &run, &pings, 4, "receiver", "ResourceExhausted");
     assert_eq!(stack.snapshots().len(), 1);
+}
+
+/// The receiver commits the night but flags it suspect (most objects vanished): the
+/// sender's check turns red with the receiver's: exit code 7 and a `/fail` ping with the
+/// reason `suspect`, the summary still printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_receiver_flags_suspect_exits_7_and_pings_fail() {
+    let stack = Stack::start().await.unwrap();
+    with_objects(&stack, 10, 50_000).await;
+    let pings = PingServer::start().await;
+    configure_sender(&stack, &pings, "retries = 3");
+    run_sender(&stack).summary();
+    assert_eq!(pings.signals("sender"), ["/start", ""]);
+    pings.pings.lock().unwrap().clear();
+
+    for i in 0..8 {
+        stack
+            .s3
+            .delete(BUCKET, &format!("scans/{i:03}.png"))
+            .await
+            .unwrap();
+    }
+    let run = run_sender(&stack);
+    let stderr = run.stderr();
+    assert_eq!(run.code(), Some(7), "stderr:\n{stderr}");
+    let summary = run.summary();
+    let id = summary["snapshot_id"].as_str().unwrap().to_string();
+    let reason = summary["suspect"].as_str().unwrap().to_string();
+    assert!(reason.contains("object"), "{reason}");
+    assert_eq!(pings.signals("sender"), ["/start", "/fail"], "{stderr}");
+    let fail = &pings.pings_for("sender")[1].body;
+    assert!(
+        fail.starts_with(&format!(
+            "backup failed: suspect (exit code 7)\nsuspect: the receiver committed snapshot {id} but flagged it SUSPECT: {reason}\n"
+        )),
+        "fail body:\n{fail}"
+    );
+    assert!(
+        stderr.contains("backup failed (suspect): suspect: the receiver committed snapshot"),
+        "{stderr}"
+    );
+    let rows = stack.snapshots();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .any(|r| r["id"] == id.as_str() && r["suspect"].is_string()),
+        "{rows:#?}"
+    );
 }
 
 /// Forwards loopback TCP to `target` until `limit` bytes went upstream in total, then
