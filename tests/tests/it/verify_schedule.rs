@@ -86,10 +86,8 @@ fn rot(repo: &Path, id: &str, key: &str) -> (String, PathBuf) {
 }
 
 fn audit_events(repo: &Path, event: &str) -> Vec<Value> {
-    std::fs::read_to_string(repo.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    backup_tests::hostile::audit(repo)
+        .into_iter()
         .filter(|r| r["event"] == event)
         .collect()
 }
