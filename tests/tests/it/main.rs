@@ -4,6 +4,7 @@
 mod crash;
 mod drill;
 mod drill_hostile;
+mod errors;
 mod example_configs;
 mod harness;
 mod heal;
