@@ -9,12 +9,14 @@
 pub mod bounded;
 pub mod chunk;
 pub mod config;
+pub mod contract;
 pub mod disk;
 pub mod durable;
 pub mod keys;
 pub mod manifest;
 pub mod ping;
 pub mod retention;
+pub mod s3;
 pub mod term;
 pub mod tls;
 pub mod wire;

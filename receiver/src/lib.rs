@@ -8,8 +8,10 @@
 //! - [`service`]: the network service (admission, sessions, commit validation);
 //! - [`maintenance`]: prune, garbage collection, verification and their schedule;
 //! - [`operator`]: restore, drill, listing;
-//! - [`monitoring`]: the anomaly guard, the audit log, metrics and pings.
+//! - [`monitoring`]: the anomaly guard, the audit log, metrics and pings;
+//! - [`cli`]: the commands as an operator runs them, and their exit codes.
 
+pub mod cli;
 pub mod clock;
 pub mod maintenance;
 pub mod monitoring;

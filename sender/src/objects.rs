@@ -59,15 +59,13 @@ pub struct Delta {
 pub fn client(cfg: &ObjectsConfig) -> Result<S3, ObjectError> {
     let access = read_secret("objects.access_key_file", &cfg.access_key_file)?;
     let secret = read_secret("objects.secret_key_file", &cfg.secret_key_file)?;
-    let creds = aws_credential_types::Credentials::new(access, secret, None, None, "backup-sender");
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(&cfg.endpoint)
-        .region(aws_sdk_s3::config::Region::new(cfg.region.clone()))
-        .credentials_provider(creds)
-        .force_path_style(true)
-        .build();
-    Ok(S3::from_conf(conf))
+    Ok(backup_common::s3::client(
+        &cfg.endpoint,
+        &cfg.region,
+        access,
+        secret,
+        "backup-sender",
+    ))
 }
 
 fn s3_message<E: std::error::Error>(e: E) -> String {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use backup_common::config::SenderConfig;
 use backup_common::proto;
-use tonic::Code;
 
 use crate::client::{self, retry};
 use crate::database;
@@ -74,7 +73,8 @@ async fn receiver(cfg: &SenderConfig) -> Result<String, RunError> {
     .await;
     match answer {
         Ok(()) => {}
-        Err(s) if s.code() == Code::FailedPrecondition => {}
+        // The probe session is unknown: the receiver admitted us and answered.
+        Err(s) if crate::session::is_lost_session(&s) => {}
         Err(s) if client::is_transient(&s) => {
             return Err(RunError::Receiver(anyhow::anyhow!(
                 "cannot reach {}: {} ({:?})",

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backup_common::config::SenderConfig;
+use backup_common::contract::Reason;
 use backup_common::manifest::{DumpEntry, ObjectEntry};
 use backup_common::{proto, wire};
 use serde::Serialize;
@@ -80,7 +81,21 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 fn receiver_err(what: &str, s: Status) -> RunError {
-    RunError::Receiver(anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code()))
+    // The error contract says why, where the sender must tell it apart.
+    let why = match backup_common::contract::reason(&s) {
+        Some(Reason::MissingChunks) => {
+            " (the receiver lacks chunks this snapshot refers to; the next run uploads them again)"
+        }
+        Some(Reason::LimitExceeded) => " (a limit of the receiver was reached)",
+        Some(Reason::RefusedByPolicy) => " (the receiver's admission refused this sender)",
+        Some(Reason::SessionLost) => " (the receiver lost the session)",
+        Some(Reason::Unspecified) | None => "",
+    };
+    RunError::Receiver(anyhow::anyhow!(
+        "{what}: {} ({:?}){why}",
+        s.message(),
+        s.code()
+    ))
 }
 
 impl From<DumpError> for RunError {

@@ -1,13 +1,15 @@
 //! The upload session, renewed when the receiver has lost it. Sessions live in the
 //! receiver's memory only: after a receiver restart (or an idle timeout) every call with
-//! the old id fails with FAILED_PRECONDITION "unknown or expired session". Nothing of value
+//! the old id fails with the error contract's reason SESSION_LOST (proto/backup.proto,
+//! `ErrorDetail`; [`backup_common::contract`]). Nothing of value
 //! is lost with it (chunks are already stored write-once, and the previous snapshot is
 //! still there), so the sender begins a new session and repeats the call.
 
 use std::future::Future;
 
+use backup_common::contract::{self, Reason};
 use backup_common::proto;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::client::{retry, Client};
 
@@ -23,10 +25,10 @@ pub struct Session {
     renewing: tokio::sync::Mutex<u32>,
 }
 
-/// The receiver no longer knows the session (restart or idle timeout).
+/// The receiver no longer knows the session (restart or idle timeout): the status says so
+/// in its details, whatever its message.
 pub fn is_lost_session(status: &Status) -> bool {
-    status.code() == Code::FailedPrecondition
-        && status.message().contains("unknown or expired session")
+    contract::reason(status) == Some(Reason::SessionLost)
 }
 
 impl Session {

@@ -3,5 +3,6 @@
 //! missing nights).
 
 pub mod audit;
+pub mod events;
 pub mod guard;
 pub mod monitor;

@@ -3,7 +3,6 @@
 //! PostgreSQL. They read the repository and write only their own output.
 
 pub mod browse;
-pub mod cli;
 pub mod drill;
 pub mod dump;
 pub mod glob;

@@ -8,11 +8,11 @@ use anyhow::Context;
 use backup_common::bounded::{bounded, bounded_join};
 use backup_common::config::ReceiverConfig;
 use backup_common::proto::backup_server::BackupServer;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::clock::Clock;
+use crate::monitoring::events::Refused;
 use crate::service::admission::tls_accept::{self, TlsMaterial};
 use crate::service::BackupService;
 use crate::store::leases;
@@ -48,11 +48,9 @@ pub async fn serve_on(
         config.clone(),
         clock.clone(),
     ));
-    let audit = service.audit();
-    let clock_for_tls = service.clock();
+    let events = service.events();
     let max_message = config.limits.max_message_bytes;
     let monitor = service.monitor();
-    let monitor_for_tls = monitor.clone();
     let metrics = monitor.bind_metrics().await?;
     if let Some(m) = &metrics {
         tracing::info!(listen = %m.local_addr()?, "metrics endpoint listening");
@@ -78,27 +76,16 @@ pub async fn serve_on(
         .max_encoding_message_size(max_message);
     tracing::info!(listen = %listener.local_addr()?, repo = %config.repo.display(), "receiver listening");
     let incoming = tls_accept::incoming(listener, tls, move |refusal| {
-        monitor_for_tls.rejected(refusal.reason);
         // Everything here came from an unauthenticated peer: bounded, and recorded at most
         // once a minute per peer address and kind of refusal.
-        let identity = bounded_join(&refusal.identities, 4);
-        let detail = bounded(&refusal.error);
-        let recorded = audit.refused(
-            clock_for_tls(),
-            Some(refusal.peer.ip()),
-            refusal.reason,
-            &detail,
-            json!({
-                "call": "TLS handshake",
-                "peer": refusal.peer.to_string(),
-                "reason": refusal.reason,
-                "identity": identity,
-                "detail": detail,
-            }),
-        );
-        if recorded {
-            tracing::warn!(peer = %refusal.peer, reason = refusal.reason, identity = %identity, error = %detail, "refused connection");
-        }
+        events.refused(Refused {
+            call: "TLS handshake",
+            peer: Some(refusal.peer),
+            reason: refusal.reason,
+            identity: bounded_join(&refusal.identities, 4),
+            detail: bounded(&refusal.error),
+            extra: serde_json::json!({}),
+        });
     });
     let served = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

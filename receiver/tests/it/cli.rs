@@ -54,7 +54,8 @@ fn certs_init_writes_the_six_files_and_refuses_to_overwrite() {
 fn snapshots_on_a_directory_that_is_no_repository_names_the_problem() {
     let d = tempfile::tempdir().unwrap();
     let out = receiver(&["snapshots", "--repo", d.path().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    // Exit code 6: the repository cannot be read (it was 1 before the exit-code table).
+    assert_eq!(out.status.code(), Some(6));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a backup repository"), "{err}");
     assert_eq!(
@@ -77,4 +78,146 @@ fn serve_with_a_bad_config_names_the_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("allowed_networks"), "{err}");
+    assert_eq!(out.status.code(), Some(5), "configuration: {err}");
+}
+
+// ---------------------------------------------------------------- the exit-code table
+
+fn code(o: &std::process::Output) -> (Option<i32>, String) {
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A repository with one good snapshot `s1` (one object) and one suspect `s2`.
+fn repo_with_snapshots() -> (tempfile::TempDir, std::path::PathBuf) {
+    use chrono::TimeZone;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let repo = backup_receiver::store::repository::Repository::open_or_init(&root).unwrap();
+    let t = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap();
+    super::maintenance::snapshot(&repo, "s1", t, b"night one", false);
+    super::maintenance::snapshot(&repo, "s2", t + chrono::Duration::days(1), b"junk", true);
+    (d, root)
+}
+
+#[test]
+fn help_shows_the_exit_code_table() {
+    let out = receiver(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Exit codes:"), "{help}");
+    for line in [
+        "0  success",
+        "2  usage",
+        "3  damage found",
+        "4  restore incomplete",
+        "5  configuration",
+        "6  repository unreadable",
+        "7  drill failed",
+        "8  refused by policy",
+    ] {
+        assert!(help.contains(line), "{line:?} missing from\n{help}");
+    }
+}
+
+#[test]
+fn exit_1_for_a_failure_outside_the_table() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("no-such.pem");
+    let (c, err) = code(&receiver(&[
+        "certs",
+        "fingerprint",
+        missing.to_str().unwrap(),
+    ]));
+    assert_eq!(c, Some(1), "{err}");
+    assert!(err.contains("no-such.pem"), "{err}");
+}
+
+#[test]
+fn exit_2_for_usage_errors_and_unknown_snapshots() {
+    // clap's own usage error.
+    let (c, err) = code(&receiver(&["snapshots"]));
+    assert_eq!(c, Some(2), "{err}");
+    // One the command finds itself.
+    let (c, err) = code(&receiver(&["gc", "--dry-run"]));
+    assert_eq!(c, Some(2), "{err}");
+    assert!(err.contains("give --repo DIR or --config FILE"), "{err}");
+    let (_d, root) = repo_with_snapshots();
+    let (c, err) = code(&receiver(&["ack", "s9", "--repo", root.to_str().unwrap()]));
+    assert_eq!(c, Some(2), "{err}");
+    assert!(err.contains("no snapshot named"), "{err}");
+}
+
+#[test]
+fn exit_4_when_a_restore_is_incomplete() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, root) = repo_with_snapshots();
+    let repo = backup_receiver::store::repository::Repository::open(&root).unwrap();
+    let m = repo.load_manifest("s1").unwrap();
+    let path = backup_receiver::store::fs::chunk_path(&root, &m.objects[0].chunks[0].id);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, b"\0night onX").unwrap();
+    let out_dir = d.path().join("out");
+    let (c, err) = code(&receiver(&[
+        "restore",
+        "s1",
+        "--repo",
+        root.to_str().unwrap(),
+        "--objects-out",
+        out_dir.to_str().unwrap(),
+    ]));
+    assert_eq!(c, Some(4), "{err}");
+    assert!(err.contains("restore incomplete"), "{err}");
+}
+
+#[test]
+fn exit_5_when_the_config_file_is_missing() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("receiver.toml");
+    let (c, err) = code(&receiver(&["serve", "--config", cfg.to_str().unwrap()]));
+    assert_eq!(c, Some(5), "{err}");
+    assert!(err.contains("receiver.toml"), "{err}");
+    let (c, err) = code(&receiver(&["gc", "--config", cfg.to_str().unwrap()]));
+    assert_eq!(c, Some(5), "{err}");
+}
+
+#[test]
+fn exit_8_when_policy_refuses() {
+    let (d, root) = repo_with_snapshots();
+    let r = root.to_str().unwrap();
+    // s1 is not suspect: nothing to acknowledge.
+    let (c, err) = code(&receiver(&["ack", "s1", "--repo", r]));
+    assert_eq!(c, Some(8), "{err}");
+    assert!(err.contains("not suspect"), "{err}");
+    // A target directory that is not empty is never written into.
+    let target = d.path().join("full");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("keep"), b"keep").unwrap();
+    let (c, err) = code(&receiver(&[
+        "restore",
+        "s1",
+        "--repo",
+        r,
+        "--objects-out",
+        target.to_str().unwrap(),
+    ]));
+    assert_eq!(c, Some(8), "{err}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 1);
+    // `latest` when every snapshot is suspect: refused without --allow-suspect.
+    let only_suspect = tempfile::tempdir().unwrap();
+    let repo =
+        backup_receiver::store::repository::Repository::open_or_init(only_suspect.path()).unwrap();
+    super::maintenance::snapshot(&repo, "s3", chrono::Utc::now(), b"junk", true);
+    let (c, err) = code(&receiver(&[
+        "restore",
+        "latest",
+        "--repo",
+        only_suspect.path().to_str().unwrap(),
+        "--objects-out",
+        d.path().join("new").to_str().unwrap(),
+    ]));
+    assert_eq!(c, Some(8), "{err}");
+    assert!(err.contains("no good snapshot"), "{err}");
 }

@@ -19,7 +19,13 @@ fn receiver(args: &[&str], clock: Option<&std::path::Path>) -> Output {
     c.output().expect("run backup-receiver")
 }
 
-fn snapshot(repo: &Repository, id: &str, time: DateTime<Utc>, data: &[u8], suspect: bool) {
+pub(crate) fn snapshot(
+    repo: &Repository,
+    id: &str,
+    time: DateTime<Utc>,
+    data: &[u8],
+    suspect: bool,
+) {
     let chunk = ChunkId(*blake3::hash(data).as_bytes());
     repo.put_chunk(&chunk, false, data).unwrap();
     let m = Manifest {

@@ -127,8 +127,8 @@ async fn planted_code_in_the_dump_does_not_run_and_the_report_names_it() {
         "planted code ran: {:?}\n{r:#}",
         entries(markers.path())
     );
-    // The drill fails (exit code 1) and names, object by object, what did not restore.
-    assert_eq!(out.status.code(), Some(1), "{r:#}");
+    // The drill fails (exit code 7) and names, object by object, what did not restore.
+    assert_eq!(out.status.code(), Some(7), "{r:#}");
     assert_eq!(r["passed"], false);
     let not_restored: Vec<(String, String)> = r["not_restored"]
         .as_array()
@@ -184,7 +184,7 @@ async fn planted_code_in_the_dump_does_not_run_and_the_report_names_it() {
 
     // The text report says the same, with the terminal-controlling table name escaped.
     let out = drill(&["--config", config.to_str().unwrap(), &snapshot]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(7));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("FAILED")
@@ -319,7 +319,7 @@ async fn a_sandbox_user_that_could_read_the_repository_is_refused() {
     );
     let out = drill(&["--config", config.to_str().unwrap(), "--json"]);
     let r = report(&out);
-    assert_eq!(out.status.code(), Some(1), "{r:#}");
+    assert_eq!(out.status.code(), Some(7), "{r:#}");
     let failures = r["failures"].to_string();
     assert!(
         failures.contains("the sandbox user postgres can read")

@@ -5,6 +5,7 @@ mod browse;
 mod crash;
 mod drill;
 mod drill_hostile;
+mod errors;
 mod example_configs;
 mod harness;
 mod heal;

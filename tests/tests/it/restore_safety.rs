@@ -159,13 +159,13 @@ async fn a_planted_link_or_file_is_refused_and_nothing_is_written_through_it() {
         "latest",
         &["--objects-out", target.to_str().unwrap()],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(8), "{}", stderr(&o)); // refused by policy
     assert!(stderr(&o).contains("is not empty"), "{}", stderr(&o));
     // A target that is itself a link.
     let link = d.path().join("ist-link");
     std::os::unix::fs::symlink(&outside, &link).unwrap();
     let o = restore(&stack, "latest", &["--objects-out", link.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(8), "{}", stderr(&o)); // refused by policy
     assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
     // A dump path that is a dangling link, and one that is an existing file.
     let dangling = d.path().join("dump-link");
@@ -175,7 +175,7 @@ async fn a_planted_link_or_file_is_refused_and_nothing_is_written_through_it() {
         "latest",
         &["--dump-out", dangling.to_str().unwrap()],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(8), "{}", stderr(&o)); // refused by policy
     assert!(stderr(&o).contains("exists already"), "{}", stderr(&o));
     let existing = d.path().join("existing.dump");
     std::fs::write(&existing, b"keep me").unwrap();
@@ -184,7 +184,7 @@ async fn a_planted_link_or_file_is_refused_and_nothing_is_written_through_it() {
         "latest",
         &["--dump-out", existing.to_str().unwrap()],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(8), "{}", stderr(&o)); // refused by policy
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
     // Nothing went through any link.
     assert!(std::fs::read_dir(&outside).unwrap().next().is_none());

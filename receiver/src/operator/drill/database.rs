@@ -28,7 +28,12 @@ pub(super) async fn database_steps(
             return;
         }
     };
-    if let Err(e) = check_isolation(&runner, &opts.repo, &opts.private_paths, &mut report.isolation) {
+    if let Err(e) = check_isolation(
+        &runner,
+        &opts.repo,
+        &opts.private_paths,
+        &mut report.isolation,
+    ) {
         steps.record("sandbox", t, Some(e));
         return;
     }

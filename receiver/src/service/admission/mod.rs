@@ -42,18 +42,24 @@ impl Refusal {
         }
     }
 
-    pub fn status(&self) -> Status {
+    /// What the peer is told (and the audit log records).
+    pub fn message(&self) -> String {
         match self {
-            Refusal::Network(ip) => Status::permission_denied(format!(
-                "source address {ip} is not in admission.allowed_networks"
-            )),
-            Refusal::NoAddress => Status::permission_denied("peer address unknown"),
-            Refusal::NoCertificate => Status::unauthenticated("a client certificate is required"),
-            Refusal::Identity(ids) => Status::permission_denied(format!(
+            Refusal::Network(ip) => {
+                format!("source address {ip} is not in admission.allowed_networks")
+            }
+            Refusal::NoAddress => "peer address unknown".into(),
+            Refusal::NoCertificate => "a client certificate is required".into(),
+            Refusal::Identity(ids) => format!(
                 "client certificate identity [{}] is not in admission.allowed_identities",
                 backup_common::bounded::bounded_join(ids, 4)
-            )),
+            ),
         }
+    }
+
+    /// The status the peer gets (mapped in `service::status`).
+    pub fn status(&self) -> Status {
+        crate::service::status::ServiceError::Admission(self.clone()).into()
     }
 }
 

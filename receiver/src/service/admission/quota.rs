@@ -30,11 +30,9 @@ pub enum QuotaError {
 }
 
 impl QuotaError {
+    /// The status the peer gets (mapped in `service::status`).
     pub fn status(&self) -> tonic::Status {
-        match self {
-            QuotaError::Statvfs { .. } => tonic::Status::internal(self.to_string()),
-            _ => tonic::Status::resource_exhausted(self.to_string()),
-        }
+        crate::service::status::ServiceError::Quota(self.clone()).into()
     }
 }
 

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 use tonic::Status;
 
+use crate::service::status::ServiceError;
+
 #[derive(Default)]
 struct Open {
     per_connection: HashMap<SocketAddr, usize>,
@@ -50,19 +52,21 @@ impl StreamLimits {
         let on_connection =
             connection.map_or(0, |c| open.per_connection.get(&c).copied().unwrap_or(0));
         if on_connection >= self.per_connection {
-            return Err(Status::resource_exhausted(format!(
+            return Err(ServiceError::Limit(format!(
                 "{on_connection} PutChunks streams are open on this connection \
                  (limits.max_put_streams_per_connection is {})",
                 self.per_connection
-            )));
+            ))
+            .into());
         }
         let of_identity = open.per_identity.get(identity).copied().unwrap_or(0);
         if of_identity >= self.per_identity {
-            return Err(Status::resource_exhausted(format!(
+            return Err(ServiceError::Limit(format!(
                 "{of_identity} PutChunks streams of this identity are open \
                  (limits.max_put_streams_per_identity is {})",
                 self.per_identity
-            )));
+            ))
+            .into());
         }
         if let Some(c) = connection {
             *open.per_connection.entry(c).or_default() += 1;

@@ -4,69 +4,18 @@
 //! (serde escapes control characters).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 use anyhow::Context;
-use backup_common::config::{ReceiverConfig, RetentionConfig};
 use backup_common::manifest::Manifest;
 use backup_common::term::escape;
 
+use super::args::RepoArgs;
 use crate::operator::browse;
 use crate::operator::dump::{self, DumpError, Dumped};
 use crate::operator::glob::KeyFilter;
 use crate::operator::out;
 use crate::operator::progress::Progress;
-use crate::store::repository::{Maintainer, Repository};
-
-/// Which repository a command works on.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct RepoArgs {
-    /// The repository (default: `repo` in --config).
-    #[arg(long)]
-    pub repo: Option<PathBuf>,
-    /// receiver.toml: the repository, and the time zone and retention of [retention].
-    #[arg(long, env = "BACKUP_RECEIVER_CONFIG")]
-    pub config: Option<PathBuf>,
-}
-
-impl RepoArgs {
-    /// The config (when one is given) and the repository path: --repo, else its `repo`.
-    pub fn resolve(&self) -> anyhow::Result<(PathBuf, Option<ReceiverConfig>)> {
-        let config = self
-            .config
-            .as_deref()
-            .map(ReceiverConfig::load)
-            .transpose()?;
-        let repo = match (&self.repo, &config) {
-            (Some(r), _) => r.clone(),
-            (None, Some(c)) => c.repo.clone(),
-            (None, None) => anyhow::bail!(
-                "no repository: give --repo DIR or --config FILE (or set BACKUP_RECEIVER_CONFIG)"
-            ),
-        };
-        Ok((repo, config))
-    }
-
-    pub fn open(&self) -> anyhow::Result<Repository> {
-        let (repo, _) = self.resolve()?;
-        Ok(Repository::open(&repo)?)
-    }
-
-    /// The repository with the maintain capability (prune, gc, verify, undelete).
-    pub fn open_maintainer(&self) -> anyhow::Result<Maintainer> {
-        let (repo, _) = self.resolve()?;
-        Ok(Maintainer::open(&repo)?)
-    }
-
-    /// The maintainer and the retention policy of the config (defaults without one).
-    pub fn open_with_retention(&self) -> anyhow::Result<(Maintainer, RetentionConfig)> {
-        let (repo, config) = self.resolve()?;
-        Ok((
-            Maintainer::open(&repo)?,
-            config.map(|c| c.retention).unwrap_or_default(),
-        ))
-    }
-}
+use crate::store::repository::Repository;
 
 /// A snapshot for browsing: an id (any status) or `latest` (the newest good one).
 fn snapshot(repo: &Repository, name: &str) -> anyhow::Result<Manifest> {
