@@ -11,6 +11,7 @@
 //! - [`monitoring`]: the anomaly guard, the audit log, metrics and pings.
 
 pub mod clock;
+pub mod config;
 pub mod maintenance;
 pub mod monitoring;
 pub mod operator;

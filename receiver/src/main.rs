@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use backup_common::config::{read_secret, ReceiverConfig, RetentionConfig};
 use backup_common::term::{escape, escape_lines};
 use backup_common::tls::{init_certs_with, CertSpec, Lifetimes};
 use backup_receiver::clock;
+use backup_receiver::config::{read_secret, ReceiverConfig, RetentionConfig};
 use backup_receiver::maintenance::{gc, prune, verify};
 use backup_receiver::monitoring::audit::AuditLog;
 use backup_receiver::monitoring::guard;
@@ -409,9 +409,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { target, dry_run } => {
             let (repo, cfg) = target.open()?;
             let now = clock::from_env()();
-            let cut = gc::cutoff(now, cfg.gc_grace.0, None);
+            let cut = gc::cutoff(now, cfg.gc_grace, None);
             let tmp_cut = std::time::SystemTime::now()
-                .checked_sub(cfg.gc_grace.0)
+                .checked_sub(cfg.gc_grace)
                 .unwrap_or(std::time::UNIX_EPOCH);
             let r = tokio::task::spawn_blocking(move || gc::collect(&repo, cut, tmp_cut, dry_run))
                 .await??;

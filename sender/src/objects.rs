@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
+use crate::config::{read_secret, ObjectsConfig};
 use aws_sdk_s3::Client as S3;
 use backup_common::chunk::{chunk_stream, Chunk, ChunkError, ChunkId, StreamSummary, MAX_CHUNK};
-use backup_common::config::{read_secret, ObjectsConfig};
 use backup_common::keys;
 use backup_common::manifest::{ChunkRef, ObjectEntry};
 use bytes::Bytes;
@@ -62,7 +62,7 @@ pub fn client(cfg: &ObjectsConfig) -> Result<S3, ObjectError> {
     let creds = aws_credential_types::Credentials::new(access, secret, None, None, "backup-sender");
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(&cfg.endpoint)
+        .endpoint_url(cfg.endpoint.as_str())
         .region(aws_sdk_s3::config::Region::new(cfg.region.clone()))
         .credentials_provider(creds)
         .force_path_style(true)

@@ -21,9 +21,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use crate::config::ReceiverConfig;
 use backup_common::bounded::{bounded, bounded_join, quoted};
 use backup_common::chunk::{self, ChunkId, MAX_CHUNK};
-use backup_common::config::ReceiverConfig;
 use backup_common::durable::Published;
 use backup_common::manifest::{Manifest, SnapshotStats, FORMAT_VERSION};
 use backup_common::proto::backup_server::Backup;
@@ -78,7 +78,11 @@ struct Session {
     sender_time: Option<DateTime<Utc>>,
     /// Receiver clock at BeginSession: garbage collection's cut-off stays before it.
     started: DateTime<Utc>,
+    /// Orders the sessions by use (which one is least recent).
     last_seen: Instant,
+    /// Receiver clock at the last request: `limits.idle_timeout` counts from here, so
+    /// tests drive it with the fake clock.
+    last_active: DateTime<Utc>,
     /// When BeginSession opened it: `limits.max_session_age` counts from here.
     opened: Instant,
     new_chunks: u64,
@@ -204,7 +208,7 @@ impl BackupService {
         let audit = Arc::new(AuditLog::with_rotation(
             repo.root(),
             config.limits.audit_log_max_bytes,
-            config.limits.audit_log_generations,
+            config.limits.audit_log_generations.get(),
         ));
         let quota = Quota::new(&config.limits, &repo, clock(), config.retention.time_zone)
             .with_audit_reserve(audit.max_disk_bytes());
@@ -216,8 +220,8 @@ impl BackupService {
         let monitor = Monitor::new(&config.monitoring, repo.clone(), clock.clone());
         BackupService {
             put_streams: crate::service::admission::streams::StreamLimits::new(
-                config.limits.max_put_streams_per_connection,
-                config.limits.max_put_streams_per_identity,
+                config.limits.max_put_streams_per_connection.get(),
+                config.limits.max_put_streams_per_identity.get(),
             ),
             monitor,
             repo,
@@ -388,8 +392,10 @@ impl BackupService {
     /// `limits.max_session_age` unless their commit has fully arrived (a commit still
     /// receiving is cancelled), so no peer holds GC's cut-off back beyond that age.
     fn reap_idle(&self) {
-        let timeout = self.config.limits.idle_timeout.0;
-        let max_age = self.config.limits.max_session_age.0;
+        let timeout = chrono::TimeDelta::from_std(self.config.limits.idle_timeout)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        let max_age = self.config.limits.max_session_age;
+        let now = (self.clock)();
         let mut expired = Vec::new();
         let mut sessions = self.sessions.lock().unwrap();
         sessions.retain(|id, s| {
@@ -401,7 +407,7 @@ impl BackupService {
                 expired.push((id.clone(), s.peer_identity.clone()));
                 return false;
             }
-            let keep = s.committing || s.last_seen.elapsed() < timeout;
+            let keep = s.committing || now.signed_duration_since(s.last_active) < timeout;
             if !keep {
                 tracing::info!(session = %id, "dropping idle session");
             }
@@ -460,6 +466,7 @@ impl BackupService {
         match sessions.get_mut(session_id) {
             Some(s) if s.peer_identity == peer.identity => {
                 s.last_seen = Instant::now();
+                s.last_active = (self.clock)();
                 Ok(())
             }
             _ => Err(Status::failed_precondition(format!(
@@ -543,6 +550,7 @@ impl BackupService {
         let _reset = CommitReset {
             sessions: &self.sessions,
             id: &header.session_id,
+            clock: &self.clock,
         };
         let result = self.commit_session(peer, &header, &mut parts).await;
         if let Some(stall) = stall.get() {
@@ -551,7 +559,7 @@ impl BackupService {
         // A session commits once: success ends it (on failure `_reset` reopens it).
         if let Ok(reply) = &result {
             self.sessions.lock().unwrap().remove(&header.session_id);
-            let keep = self.config.limits.idle_timeout.0;
+            let keep = self.config.limits.idle_timeout;
             let mut committed = self.committed.lock().unwrap();
             committed.retain(|_, c| c.at.elapsed() < keep);
             committed.insert(
@@ -569,7 +577,7 @@ impl BackupService {
     /// The reply of a commit this session already made (within `limits.idle_timeout`), for
     /// a sender that retries because the first reply was lost on the way.
     fn replay_commit(&self, peer: &Peer, session_id: &str) -> Option<proto::CommitResponse> {
-        let keep = self.config.limits.idle_timeout.0;
+        let keep = self.config.limits.idle_timeout;
         let reply = {
             let committed = self.committed.lock().unwrap();
             let c = committed.get(session_id)?;
@@ -587,7 +595,7 @@ impl BackupService {
     /// How long an identity's own uploads count as present to it: GC's grace, during which
     /// they are safe from garbage collection.
     fn upload_window(&self) -> std::time::Duration {
-        self.config.retention.gc_grace.0
+        self.config.retention.gc_grace
     }
 
     /// Refuses a commit beyond `limits.max_snapshots_per_day` (days of
@@ -598,7 +606,7 @@ impl BackupService {
     /// become the delta base the next night copies from.
     async fn check_daily_cap(&self, peer: &Peer) -> Result<DateTime<Utc>, Status> {
         let now = (self.clock)();
-        let cap = self.config.limits.max_snapshots_per_day;
+        let cap = self.config.limits.max_snapshots_per_day.get();
         let tz = self.config.retention.time_zone;
         let repo = self.repo.clone();
         let today: Vec<String> = tokio::task::spawn_blocking(move || {
@@ -644,7 +652,7 @@ impl BackupService {
             max_objects: MAX_OBJECTS,
             max_refs: MAX_REFS,
             max_manifest_bytes: MAX_MANIFEST_BYTES,
-            max_read_bytes: self.config.limits.max_session_bytes,
+            max_read_bytes: self.config.limits.max_session_bytes.get(),
         }
     }
 
@@ -947,6 +955,7 @@ impl BackupService {
 struct CommitReset<'a> {
     sessions: &'a Mutex<HashMap<String, Session>>,
     id: &'a str,
+    clock: &'a Clock,
 }
 
 impl Drop for CommitReset<'_> {
@@ -956,6 +965,7 @@ impl Drop for CommitReset<'_> {
             s.committing = false;
             s.commit_cancel = None;
             s.last_seen = Instant::now();
+            s.last_active = (self.clock)();
         }
     }
 }
@@ -975,12 +985,12 @@ impl Backup for BackupService {
         let id = self.new_session_id(now);
         let superseded = {
             let mut sessions = self.sessions.lock().unwrap();
-            let superseded = if sessions.len() >= self.config.limits.max_sessions {
+            let superseded = if sessions.len() >= self.config.limits.max_sessions.get() {
                 Self::supersede_oldest(&mut sessions, &peer.identity)
             } else {
                 None
             };
-            if sessions.len() >= self.config.limits.max_sessions {
+            if sessions.len() >= self.config.limits.max_sessions.get() {
                 drop(sessions);
                 return Err(self.reject(
                     &peer,
@@ -999,6 +1009,7 @@ impl Backup for BackupService {
                     sender_time: DateTime::from_timestamp(req.sender_time_unix, 0),
                     started: now,
                     last_seen: Instant::now(),
+                    last_active: now,
                     opened: Instant::now(),
                     new_chunks: 0,
                     new_bytes: 0,
