@@ -8,32 +8,23 @@
 use chrono::{Datelike, NaiveDateTime};
 use serde::{Deserialize, Serialize};
 
+/// The keep-rules. The defaults (14 daily, 8 weekly) are the sender's local dump rotation
+/// and the base of the receiver's `[retention]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
-    #[serde(default)]
     pub keep_last: u32,
-    #[serde(default = "default_daily")]
     pub keep_daily: u32,
-    #[serde(default = "default_weekly")]
     pub keep_weekly: u32,
-    #[serde(default)]
     pub keep_monthly: u32,
-}
-
-fn default_daily() -> u32 {
-    14
-}
-fn default_weekly() -> u32 {
-    8
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             keep_last: 0,
-            keep_daily: default_daily(),
-            keep_weekly: default_weekly(),
+            keep_daily: 14,
+            keep_weekly: 8,
             keep_monthly: 0,
         }
     }

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod maintenance;
 pub mod monitoring;
 pub mod operator;

@@ -39,3 +39,29 @@ pub fn pause(point: &str) {
         std::thread::sleep(Duration::from_secs(60));
     }
 }
+
+/// With `BACKUP_RECEIVER_TEST_LISTEN_ADDR_FILE=<file>`, `serve` writes the addresses it
+/// bound to `<file>` once it listens: `grpc=127.0.0.1:40123` and, when the metrics endpoint
+/// is on, `metrics=127.0.0.1:40124`, one a line. A test configures port 0 and reads the
+/// ports back instead of picking free ones that another process may take first. The file
+/// appears whole (written beside it, then renamed). Unset: nothing is written.
+pub const LISTEN_ADDR_ENV: &str = "BACKUP_RECEIVER_TEST_LISTEN_ADDR_FILE";
+
+/// Reports the bound addresses when the test variable asks for it.
+pub fn report_listen_addrs(
+    grpc: std::net::SocketAddr,
+    metrics: Option<std::net::SocketAddr>,
+) -> std::io::Result<()> {
+    let Some(file) = std::env::var_os(LISTEN_ADDR_ENV) else {
+        return Ok(());
+    };
+    let mut text = format!("grpc={grpc}\n");
+    if let Some(m) = metrics {
+        text.push_str(&format!("metrics={m}\n"));
+    }
+    let file = std::path::PathBuf::from(file);
+    let mut tmp = file.clone().into_os_string();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &file)
+}

@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::config::ReceiverEndpoint;
 use anyhow::Context;
-use backup_common::config::ReceiverEndpoint;
 use backup_common::proto::backup_client::BackupClient;
 use backup_common::MAX_MESSAGE_BYTES;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -29,7 +29,7 @@ pub fn connect(endpoint: &ReceiverEndpoint) -> anyhow::Result<Client> {
     if let Some(name) = &endpoint.server_name {
         tls = tls.domain_name(name.clone());
     }
-    let channel = Channel::from_shared(endpoint.url.clone())
+    let channel = Channel::from_shared(endpoint.url.to_string())
         .with_context(|| format!("receiver.url: {:?} is not a valid URL", endpoint.url))?
         .tls_config(tls)
         .context("receiver TLS configuration")?

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::str::FromStr;
 
+use crate::config::{read_secret, DatabaseConfig};
 use anyhow::Context;
 use backup_common::chunk::{chunk_stream, ChunkError, StreamSummary};
-use backup_common::config::{read_secret, DatabaseConfig};
 use backup_common::manifest::ROW_COUNT_TABLES_SQL;
 use tokio::io::AsyncReadExt;
 use tokio_postgres::{Client, NoTls};

@@ -4,7 +4,7 @@
 //! `[healthcheck]` section nothing is sent. A ping can delay a run by at most its
 //! `timeout × retries` and never changes its outcome.
 
-use backup_common::config::{HealthcheckConfig, SenderConfig};
+use crate::config::{HealthcheckConfig, SenderConfig};
 use backup_common::ping::{Pinger, Signal};
 
 use crate::log_tail::LogTail;
@@ -18,7 +18,7 @@ pub struct Healthcheck {
 impl Healthcheck {
     pub fn from_config(cfg: Option<&HealthcheckConfig>) -> Healthcheck {
         let pinger = cfg.and_then(|hc| {
-            Pinger::new(&hc.url, hc.timeout.0, hc.retries)
+            Pinger::new(&hc.url, hc.timeout, hc.retries.get())
                 .map_err(|e| {
                     // No roots to trust: the run goes on, and the missing pings page someone.
                     tracing::error!(error = %e, "cannot set up healthcheck pings");

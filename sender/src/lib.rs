@@ -3,6 +3,7 @@
 //! gRPC with mutual TLS. It can add data to the receiver; it cannot remove any.
 
 pub mod client;
+pub mod config;
 pub mod database;
 pub mod healthcheck;
 pub mod local_dumps;

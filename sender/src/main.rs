@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use backup_common::config::SenderConfig;
+use backup_sender::config::SenderConfig;
 use backup_sender::healthcheck;
 use backup_sender::log_tail::{self, LogTail};
 use backup_sender::preflight;

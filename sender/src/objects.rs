@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
+use crate::config::{read_secret, ObjectsConfig};
 use aws_sdk_s3::Client as S3;
 use backup_common::chunk::{chunk_stream, Chunk, ChunkError, ChunkId, StreamSummary, MAX_CHUNK};
-use backup_common::config::{read_secret, ObjectsConfig};
 use backup_common::keys;
 use backup_common::manifest::{ChunkRef, ObjectEntry};
 use bytes::Bytes;
@@ -60,7 +60,7 @@ pub fn client(cfg: &ObjectsConfig) -> Result<S3, ObjectError> {
     let access = read_secret("objects.access_key_file", &cfg.access_key_file)?;
     let secret = read_secret("objects.secret_key_file", &cfg.secret_key_file)?;
     Ok(backup_common::s3::client(
-        &cfg.endpoint,
+        cfg.endpoint.as_str(),
         &cfg.region,
         access,
         secret,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use backup_common::config::SenderConfig;
+use crate::config::SenderConfig;
 use backup_common::proto;
 
 use crate::client::{self, retry};
@@ -62,7 +62,7 @@ async fn bucket(cfg: &SenderConfig) -> Result<String, RunError> {
 
 async fn receiver(cfg: &SenderConfig) -> Result<String, RunError> {
     let client = client::connect(&cfg.receiver).map_err(RunError::Config)?;
-    let answer = retry("MissingChunks (pre-flight)", cfg.run.retries, || {
+    let answer = retry("MissingChunks (pre-flight)", cfg.run.retries.get(), || {
         let mut c = client.clone();
         let req = proto::MissingChunksRequest {
             session_id: PROBE_SESSION.into(),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backup_common::config::SenderConfig;
+use crate::config::SenderConfig;
 use backup_common::contract::Reason;
 use backup_common::manifest::{DumpEntry, ObjectEntry};
 use backup_common::{proto, wire};
@@ -247,7 +247,7 @@ pub fn check_complete(what: &str, recorded: u64, listed: u64) -> anyhow::Result<
 /// dropped: the pg_dump child is killed (`kill_on_drop`), no commit is sent, so no
 /// snapshot exists; only chunks already stored remain (reused next night).
 pub async fn run_with_deadline(cfg: &SenderConfig) -> Result<Summary, RunError> {
-    let deadline = cfg.run.deadline.0;
+    let deadline = cfg.run.deadline;
     let work = async {
         crate::preflight::require(cfg).await?;
         run(cfg).await
@@ -267,7 +267,7 @@ pub async fn run_with_deadline(cfg: &SenderConfig) -> Result<Summary, RunError> 
 /// [`run_with_deadline`]).
 pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let attempts = cfg.run.retries;
+    let attempts = cfg.run.retries.get();
     let db = &cfg.database;
     std::fs::create_dir_all(&db.local_dir)
         .and_then(|_| local_dumps::remove_stale_partials(&db.local_dir))
@@ -302,7 +302,7 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
         &cfg.objects.bucket,
         listed,
         &previous,
-        cfg.objects.concurrency,
+        cfg.objects.concurrency.get(),
         uploader.sink(),
         &progress,
     );
@@ -335,7 +335,7 @@ pub async fn run(cfg: &SenderConfig) -> Result<Summary, RunError> {
     let removed = local_dumps::rotate(
         &db.local_dir,
         &db.dump_name,
-        db.keep_daily,
+        db.keep_daily.get(),
         db.keep_weekly,
         &dump_name,
     )

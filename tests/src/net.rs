@@ -1,5 +1,6 @@
-//! Loopback networking helpers: picking free TCP ports and waiting for a
-//! listener to come up. Owns nothing long-lived.
+//! Loopback networking helpers: picking free TCP ports (for servers that cannot bind port 0
+//! and report it, like PostgreSQL), waiting for a listener to come up, and waiting on a
+//! condition. Owns nothing long-lived.
 
 use std::fmt::Debug;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -49,6 +50,24 @@ where
         };
         if Instant::now() >= deadline {
             bail!("{addr:?} did not accept TCP connections within {timeout:?} (last error: {err})");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Polls `probe` every 20 ms until it returns `Some` (returned) or `timeout` elapses
+/// (`None`): waiting on a condition, not for a fixed time.
+pub async fn wait_until_some<T>(
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }

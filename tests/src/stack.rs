@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use backup_common::manifest::ROW_COUNT_TABLES_SQL;
 use backup_common::tls::{init_certs, CertSpec};
 
-use crate::net::{free_port, wait_for_tcp};
+use crate::net::wait_until_some;
 use crate::pg::PgCluster;
 use crate::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 
@@ -101,10 +101,16 @@ impl Certs {
     }
 }
 
-/// The receiver binary running `serve` on a free loopback port.
+/// The receiver binary running `serve` on loopback. It is configured with port 0 and
+/// reports the port the system gave it (`testhook::LISTEN_ADDR_ENV`), so no test picks a
+/// "free" port that another process may take first; a restart binds the same port again
+/// (proxies and the sender's config point at it).
 pub struct ReceiverProcess {
     child: Option<Child>,
     pub port: u16,
+    /// The metrics endpoint's address, when `monitoring.metrics_listen` is set (a test
+    /// sets it to `127.0.0.1:0`); it may change on a restart.
+    pub metrics: Option<std::net::SocketAddr>,
     pub config: PathBuf,
     pub repo: PathBuf,
     pub log: PathBuf,
@@ -119,14 +125,13 @@ impl ReceiverProcess {
         extra: &str,
         envs: &[(&str, &str)],
     ) -> Result<ReceiverProcess> {
-        let port = free_port();
         let repo = dir.join("repo");
         let config = dir.join("receiver.toml");
         let extra = allow_several_commits_a_day(extra);
         std::fs::write(
             &config,
             format!(
-                r#"listen = "127.0.0.1:{port}"
+                r#"listen = "127.0.0.1:0"
 repo = "{repo}"
 
 [tls]
@@ -147,7 +152,8 @@ allowed_networks = ["127.0.0.0/8"]
         )?;
         let mut r = ReceiverProcess {
             child: None,
-            port,
+            port: 0,
+            metrics: None,
             config,
             repo,
             log: dir.join("receiver.log"),
@@ -165,22 +171,53 @@ allowed_networks = ["127.0.0.0/8"]
             .create(true)
             .append(true)
             .open(&self.log)?;
+        let addr_file = self.log.with_file_name("receiver.addr");
+        match std::fs::remove_file(&addr_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let child = Command::new(bin("backup-receiver"))
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .env(backup_receiver::testhook::LISTEN_ADDR_ENV, &addr_file)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting backup-receiver")?;
         self.child = Some(child);
-        if let Err(e) = wait_for_tcp(("127.0.0.1", self.port), Duration::from_secs(20)).await {
-            bail!(
+        let child = self.child.as_mut().expect("just spawned");
+        let bound = wait_until_some(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(Err(anyhow::anyhow!("receiver exited with {status}")));
+            }
+            let text = std::fs::read_to_string(&addr_file).ok()?;
+            Some(parse_addrs(&text))
+        })
+        .await
+        .unwrap_or_else(|| Err(anyhow::anyhow!("receiver reported no address within 20 s")));
+        let (bound, metrics) = match bound {
+            Ok(addrs) => addrs,
+            Err(e) => bail!(
                 "receiver did not start: {e}\n{}",
                 std::fs::read_to_string(&self.log).unwrap_or_default()
+            ),
+        };
+        self.metrics = metrics;
+        if self.port == 0 {
+            // Restarts bind this port again: whatever points at the receiver keeps working.
+            self.port = bound.port();
+            let text = std::fs::read_to_string(&self.config)?;
+            let fixed = text.replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{}\"", self.port),
+                1,
             );
+            std::fs::write(&self.config, fixed)?;
+        } else if bound.port() != self.port {
+            bail!("receiver came back on {bound}, not port {}", self.port);
         }
         Ok(())
     }
@@ -210,6 +247,24 @@ allowed_networks = ["127.0.0.0/8"]
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The addresses `serve` reports (`testhook::report_listen_addrs`): gRPC, metrics if any.
+fn parse_addrs(text: &str) -> Result<(std::net::SocketAddr, Option<std::net::SocketAddr>)> {
+    let mut grpc = None;
+    let mut metrics = None;
+    for line in text.lines() {
+        let (name, addr) = line.split_once('=').context("line without `=`")?;
+        let addr = addr
+            .parse()
+            .with_context(|| format!("receiver reported {line:?}"))?;
+        match name {
+            "grpc" => grpc = Some(addr),
+            "metrics" => metrics = Some(addr),
+            _ => bail!("receiver reported an unknown address {line:?}"),
+        }
+    }
+    Ok((grpc.context("no gRPC address reported")?, metrics))
 }
 
 impl Drop for ReceiverProcess {

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use backup_common::config::{ReceiverConfig, RetentionConfig};
+use crate::config::{ReceiverConfig, RetentionConfig};
 use clap::{Args, Parser, Subcommand};
 
 use super::browse::{DiffArgs, DumpArgs, FindArgs, LsArgs};

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use backup_common::config::ReceiverConfig;
+use crate::config::ReceiverConfig;
 
 use super::args::DrillArgs;
 use super::exit::CliError;

@@ -6,11 +6,11 @@ use backup_common::term::escape;
 use super::args::RepoArgs;
 use super::exit::CliError;
 use crate::clock;
+use crate::config::ReceiverConfig;
 use crate::maintenance::{gc, prune, verify};
 use crate::operator::{out, snapshots};
 use crate::store::repository::RepoError;
 use crate::store::{leases, trash};
-use backup_common::config::ReceiverConfig;
 
 pub async fn prune(target: RepoArgs, dry_run: bool) -> anyhow::Result<()> {
     let (repo, cfg) = target.open_with_retention()?;
@@ -49,9 +49,9 @@ pub async fn gc(target: RepoArgs, dry_run: bool) -> anyhow::Result<()> {
     let (repo, cfg) = target.open_with_retention()?;
     let now = clock::from_env()();
     // The sessions `serve` has open hold the cut-off back through their leases.
-    let cut = gc::cutoff_with_leases(&repo, now, cfg.gc_grace.0, None)?;
+    let cut = gc::cutoff_with_leases(&repo, now, cfg.gc_grace, None)?;
     let tmp_cut = std::time::SystemTime::now()
-        .checked_sub(cfg.gc_grace.0)
+        .checked_sub(cfg.gc_grace)
         .unwrap_or(std::time::UNIX_EPOCH);
     let r = tokio::task::spawn_blocking(move || {
         let r = gc::collect(&repo, cut, tmp_cut, dry_run)?;

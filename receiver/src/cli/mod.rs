@@ -12,7 +12,7 @@ mod maintenance;
 mod operator;
 mod restore;
 
-use backup_common::config::ReceiverConfig;
+use crate::config::ReceiverConfig;
 use backup_common::tls::Lifetimes;
 
 use crate::clock;

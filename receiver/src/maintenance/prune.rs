@@ -21,7 +21,7 @@
 
 use std::fmt;
 
-use backup_common::config::RetentionConfig;
+use crate::config::RetentionConfig;
 use backup_common::retention::{decide, Policy, Reason};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -259,7 +259,7 @@ pub fn prune(
         }
         pruned.push(d.id.clone());
     }
-    let purged: Vec<TrashEntry> = trash::purge(repo, now, cfg.trash_grace.0, dry_run)?;
+    let purged: Vec<TrashEntry> = trash::purge(repo, now, cfg.trash_grace, dry_run)?;
     for e in &purged {
         if !dry_run {
             tracing::info!(snapshot = %e.id, pruned_at = %e.pruned_at, "trash entry removed");

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use backup_common::config::RetentionConfig;
+use crate::config::RetentionConfig;
 use chrono::{DateTime, Utc};
 
 use crate::clock::Clock;
@@ -25,9 +25,9 @@ pub fn run_once(
     oldest_session: Option<DateTime<Utc>>,
 ) -> Result<(PruneReport, GcReport), RepoError> {
     let pruned = prune::prune(repo, cfg, now, false)?;
-    let cut = gc::cutoff_with_leases(repo, now, cfg.gc_grace.0, oldest_session)?;
+    let cut = gc::cutoff_with_leases(repo, now, cfg.gc_grace, oldest_session)?;
     let tmp_cut = SystemTime::now()
-        .checked_sub(cfg.gc_grace.0)
+        .checked_sub(cfg.gc_grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let collected = gc::collect(repo, cut, tmp_cut, false)?;
     leases::clean(repo, now)?;
@@ -52,7 +52,7 @@ pub fn spawn(
     clock: Clock,
     oldest_session: OldestSession,
 ) -> Maintenance {
-    let interval: Duration = cfg.interval.0;
+    let interval: Duration = cfg.interval;
     if interval.is_zero() {
         tracing::info!("retention schedule is off (retention.interval = 0)");
         return Maintenance(None);

@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::VerifyConfig;
 use backup_common::bounded::bounded;
 use backup_common::chunk::ChunkId;
-use backup_common::config::VerifyConfig;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -142,7 +142,7 @@ fn quarantined_files(repo: &Maintainer) -> u64 {
 
 /// Whether a pass is due at `now`.
 pub fn due(state: &VerifyState, cfg: &VerifyConfig, now: DateTime<Utc>) -> bool {
-    let interval = chrono::Duration::from_std(cfg.interval.0).unwrap_or(chrono::Duration::MAX);
+    let interval = chrono::Duration::from_std(cfg.interval).unwrap_or(chrono::Duration::MAX);
     match state.last_pass.or(state.cycle_start) {
         Some(t) => t.checked_add_signed(interval).is_some_and(|due| now >= due),
         None => true,
@@ -165,11 +165,9 @@ pub fn run_pass(
     let cycle_end = state
         .cycle_start
         .unwrap_or(now)
-        .checked_add_signed(
-            chrono::Duration::from_std(cfg.cycle.0).unwrap_or(chrono::Duration::MAX),
-        )
+        .checked_add_signed(chrono::Duration::from_std(cfg.cycle).unwrap_or(chrono::Duration::MAX))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
-    let interval = cfg.interval.0.max(Duration::from_secs(1));
+    let interval = cfg.interval.max(Duration::from_secs(1));
     let left = (cycle_end - now).to_std().unwrap_or_default();
     let passes_left = left.as_secs().div_ceil(interval.as_secs()).max(1);
     let cursor: Option<ChunkId> = state
@@ -360,7 +358,7 @@ pub fn spawn(
     monitor: Arc<Monitor>,
     audit: Arc<AuditLog>,
 ) -> VerifySchedule {
-    if cfg.interval.0.is_zero() {
+    if cfg.interval.is_zero() {
         tracing::info!("verification schedule is off (verify.interval = 0)");
         return VerifySchedule(None);
     }
@@ -381,8 +379,7 @@ pub fn spawn(
         };
         // After a failed pass: not again before this (receiver clock).
         let mut retry_at: Option<DateTime<Utc>> = None;
-        let retry_after =
-            chrono::Duration::from_std(cfg.interval.0).unwrap_or(chrono::Duration::MAX);
+        let retry_after = chrono::Duration::from_std(cfg.interval).unwrap_or(chrono::Duration::MAX);
         loop {
             tokio::time::sleep(POLL).await;
             let now = clock();

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use backup_common::config::Guard;
+use crate::config::Guard;
 use backup_common::manifest::Manifest;
 
 pub use crate::store::verdicts::{
@@ -97,13 +97,13 @@ fn compare(thresholds: &Guard, prev: &Manifest, snapshot: &Manifest, reasons: &m
     let grew = |before: u64, now: u64, floor: u64| {
         before >= floor.max(1)
             && now > before
-            && (now - before) as f64 > before as f64 * thresholds.max_growth
+            && (now - before) as f64 > before as f64 * thresholds.max_growth.get()
     };
     let (p, n) = (&prev.stats, &snapshot.stats);
     if fell(
         p.object_count,
         n.object_count,
-        thresholds.max_object_count_drop,
+        thresholds.max_object_count_drop.get(),
     ) {
         reasons.push(format!(
             "object count fell from {} to {} (guard.max_object_count_drop {})",
@@ -113,14 +113,14 @@ fn compare(thresholds: &Guard, prev: &Manifest, snapshot: &Manifest, reasons: &m
     if fell(
         p.object_bytes,
         n.object_bytes,
-        thresholds.max_object_bytes_drop,
+        thresholds.max_object_bytes_drop.get(),
     ) {
         reasons.push(format!(
             "object bytes fell from {} to {} (guard.max_object_bytes_drop {})",
             p.object_bytes, n.object_bytes, thresholds.max_object_bytes_drop
         ));
     }
-    if fell(p.dump_bytes, n.dump_bytes, thresholds.max_dump_shrink) {
+    if fell(p.dump_bytes, n.dump_bytes, thresholds.max_dump_shrink.get()) {
         reasons.push(format!(
             "dump shrank from {} to {} bytes (guard.max_dump_shrink {})",
             p.dump_bytes, n.dump_bytes, thresholds.max_dump_shrink
@@ -161,7 +161,7 @@ fn compare(thresholds: &Guard, prev: &Manifest, snapshot: &Manifest, reasons: &m
         let mut tables = Vec::new();
         for (table, &before) in before_rows {
             let now = now_rows.get(table).copied().unwrap_or(0);
-            if fell(before, now, thresholds.max_table_rows_drop) {
+            if fell(before, now, thresholds.max_table_rows_drop.get()) {
                 tables.push(format!(
                     "table {table} fell from {before} to {now} rows (guard.max_table_rows_drop {})",
                     thresholds.max_table_rows_drop

@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::MonitoringConfig;
 use anyhow::Context;
-use backup_common::config::MonitoringConfig;
 use backup_common::manifest::Manifest;
 use backup_common::ping::{Pinger, Signal};
 use bytes::Bytes;
@@ -58,6 +58,8 @@ struct State {
     quarantined: Option<u64>,
     healed_total: u64,
     lost_chunks: u64,
+    /// Receiver clock when the background checks last ran.
+    last_check: Option<DateTime<Utc>>,
     /// Conditions alerting right now, kind → message.
     active: BTreeMap<&'static str, String>,
     /// Conditions a fail ping went out for since the last success ping.
@@ -103,7 +105,7 @@ pub struct Monitor {
 impl Monitor {
     pub fn new(config: &MonitoringConfig, repo: Repository, clock: Clock) -> Arc<Monitor> {
         let pinger = config.healthcheck_url.as_ref().and_then(|url| {
-            Pinger::new(url, config.ping_timeout.0, config.ping_retries)
+            Pinger::new(url, config.ping_timeout, config.ping_retries.get())
                 .map_err(|e| tracing::error!(error = %e, "cannot set up healthcheck pings"))
                 .ok()
         });
@@ -295,7 +297,7 @@ impl Monitor {
 
         let mut active = BTreeMap::new();
         let since = st.last_snapshot.as_ref().map_or(self.started, |s| s.time);
-        let window = self.config.missed_window.0;
+        let window = self.config.missed_window;
         if now
             .signed_duration_since(since)
             .to_std()
@@ -369,6 +371,7 @@ impl Monitor {
             self.ping(Signal::Fail, body);
         }
         st.active = active;
+        st.last_check = Some(now);
     }
 
     /// Binds the metrics address, if one is configured; fails at start-up, not later.
@@ -387,7 +390,7 @@ impl Monitor {
     pub async fn run(self: Arc<Self>, metrics: Option<TcpListener>) {
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
         let checks = async {
-            let mut tick = tokio::time::interval(self.config.check_interval.0);
+            let mut tick = tokio::time::interval(self.config.check_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -516,6 +519,13 @@ impl Monitor {
                 time.timestamp().to_string(),
             );
         }
+        if let Some(t) = st.last_check {
+            gauge(
+                "backup_receiver_last_check_timestamp_seconds",
+                "When the background checks last ran (receiver clock): stale means stuck.",
+                t.timestamp().to_string(),
+            );
+        }
         verify_hooks::gauges(&st, &mut out);
         let _ = writeln!(
             out,
@@ -550,7 +560,7 @@ impl Monitor {
 /// `verify_schedule::damage_text`) to the configured check, if any.
 pub async fn report_verify_damage(config: &MonitoringConfig, body: &str) {
     if let Some(url) = &config.healthcheck_url {
-        match Pinger::new(url, config.ping_timeout.0, config.ping_retries) {
+        match Pinger::new(url, config.ping_timeout, config.ping_retries.get()) {
             Ok(p) => {
                 p.send(Signal::Fail, body).await;
             }
@@ -611,7 +621,9 @@ mod tests {
         let t = now.clone();
         let clock: Clock = Arc::new(move || *t.lock().unwrap());
         let config = MonitoringConfig {
-            healthcheck_url: Some("http://127.0.0.1:9/check".into()),
+            healthcheck_url: Some(
+                crate::config::PingUrl::parse("http://127.0.0.1:9/check").unwrap(),
+            ),
             min_free_bytes_alert: u64::MAX,
             ..MonitoringConfig::default()
         };

@@ -122,6 +122,7 @@ impl BackupService {
         let _reset = CommitReset {
             sessions: &self.sessions,
             id: &header.session_id,
+            clock: &self.clock,
         };
         let result = self.commit_session(peer, &header, &mut parts).await;
         if let Some(stall) = stall.get() {
@@ -144,7 +145,7 @@ impl BackupService {
             max_objects: MAX_OBJECTS,
             max_refs: MAX_REFS,
             max_manifest_bytes: MAX_MANIFEST_BYTES,
-            max_read_bytes: self.config.limits.max_session_bytes,
+            max_read_bytes: self.config.limits.max_session_bytes.get(),
         }
     }
 

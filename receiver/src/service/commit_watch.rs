@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use backup_common::config::Limits;
+use crate::config::Limits;
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -87,9 +87,9 @@ where
 {
     let state = State {
         inner,
-        deadline: tokio::time::Instant::now() + limits.commit_deadline.0,
-        idle: limits.commit_idle_timeout.0,
-        total: limits.commit_deadline.0,
+        deadline: tokio::time::Instant::now() + limits.commit_deadline,
+        idle: limits.commit_idle_timeout,
+        total: limits.commit_deadline,
         cancel,
         stall,
         on_end,
@@ -126,12 +126,8 @@ mod tests {
 
     fn limits(idle_ms: u64, deadline_ms: u64) -> Limits {
         Limits {
-            commit_idle_timeout: backup_common::config::HumanDuration(Duration::from_millis(
-                idle_ms,
-            )),
-            commit_deadline: backup_common::config::HumanDuration(Duration::from_millis(
-                deadline_ms,
-            )),
+            commit_idle_timeout: Duration::from_millis(idle_ms),
+            commit_deadline: Duration::from_millis(deadline_ms),
             ..Limits::default()
         }
     }

@@ -44,7 +44,7 @@ impl BackupService {
         .await
         .map_err(join_status)?
         .map_err(repo_status)?;
-        if (today.len() as u32) < cap {
+        if (today.len() as u32) < cap.get() {
             return Ok(now);
         }
         let note = format!(

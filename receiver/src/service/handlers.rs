@@ -39,12 +39,12 @@ impl Backup for BackupService {
         let id = self.new_session_id(now);
         let superseded = {
             let mut sessions = self.sessions.lock().unwrap();
-            let superseded = if sessions.len() >= self.config.limits.max_sessions {
+            let superseded = if sessions.len() >= self.config.limits.max_sessions.get() {
                 Self::supersede_oldest(&mut sessions, &peer.identity)
             } else {
                 None
             };
-            if sessions.len() >= self.config.limits.max_sessions {
+            if sessions.len() >= self.config.limits.max_sessions.get() {
                 drop(sessions);
                 return Err(self.reject(
                     &peer,
@@ -64,6 +64,7 @@ impl Backup for BackupService {
                     sender_time: DateTime::from_timestamp(req.sender_time_unix, 0),
                     started: now,
                     last_seen: Instant::now(),
+                    last_active: now,
                     opened: Instant::now(),
                     new_chunks: 0,
                     new_bytes: 0,
@@ -83,7 +84,7 @@ impl Backup for BackupService {
             );
         }
         // Visible to a `gc` run from the CLI: its cut-off stays before this session.
-        if let Err(e) = leases::open(&self.repo, &id, now, self.config.limits.max_session_age.0) {
+        if let Err(e) = leases::open(&self.repo, &id, now, self.config.limits.max_session_age) {
             tracing::error!(session = %id, error = %e, "cannot write the session lease");
         }
         tracing::info!(session = %id, identity = %peer.identity, "session opened");

@@ -31,7 +31,7 @@ pub use dump_check::DumpReader;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use backup_common::config::ReceiverConfig;
+use crate::config::ReceiverConfig;
 
 use crate::clock::Clock;
 use crate::monitoring::audit::AuditLog;
@@ -86,7 +86,7 @@ impl BackupService {
         let audit = Arc::new(AuditLog::with_rotation(
             &crate::monitoring::audit::dir_for(&config.repo),
             config.limits.audit_log_max_bytes,
-            config.limits.audit_log_generations,
+            config.limits.audit_log_generations.get(),
         ));
         let quota = Quota::new(&config.limits, &repo, clock(), config.retention.time_zone)
             .with_audit_reserve(audit.max_disk_bytes());
@@ -99,8 +99,8 @@ impl BackupService {
         let events = Arc::new(Events::new(audit.clone(), monitor.clone(), clock.clone()));
         BackupService {
             put_streams: crate::service::admission::streams::StreamLimits::new(
-                config.limits.max_put_streams_per_connection,
-                config.limits.max_put_streams_per_identity,
+                config.limits.max_put_streams_per_connection.get(),
+                config.limits.max_put_streams_per_identity.get(),
             ),
             monitor,
             events,

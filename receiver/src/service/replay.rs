@@ -23,7 +23,7 @@ impl BackupService {
         peer: &Peer,
         session_id: &str,
     ) -> Option<proto::CommitResponse> {
-        let keep = self.config.limits.idle_timeout.0;
+        let keep = self.config.limits.idle_timeout;
         let reply = {
             let committed = self.committed.lock().unwrap();
             let c = committed.get(session_id)?;
@@ -48,7 +48,7 @@ impl BackupService {
     ) {
         self.sessions.lock().unwrap().remove(session_id);
         self.close_lease(session_id);
-        let keep = self.config.limits.idle_timeout.0;
+        let keep = self.config.limits.idle_timeout;
         let mut committed = self.committed.lock().unwrap();
         committed.retain(|_, c| c.at.elapsed() < keep);
         committed.insert(

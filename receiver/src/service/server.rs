@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::config::ReceiverConfig;
 use anyhow::Context;
 use backup_common::bounded::{bounded, bounded_join};
-use backup_common::config::ReceiverConfig;
 use backup_common::proto::backup_server::BackupServer;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -52,6 +52,7 @@ pub async fn serve_on(
     let max_message = config.limits.max_message_bytes;
     let monitor = service.monitor();
     let metrics = monitor.bind_metrics().await?;
+    let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
     if let Some(m) = &metrics {
         tracing::info!(listen = %m.local_addr()?, "metrics endpoint listening");
     }
@@ -74,7 +75,10 @@ pub async fn serve_on(
     let svc = BackupServer::from_arc(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    tracing::info!(listen = %listener.local_addr()?, repo = %config.repo.display(), "receiver listening");
+    let bound = listener.local_addr()?;
+    tracing::info!(listen = %bound, repo = %config.repo.display(), "receiver listening");
+    crate::testhook::report_listen_addrs(bound, metrics_addr)
+        .context("reporting the listen addresses")?;
     let incoming = tls_accept::incoming(listener, tls, move |refusal| {
         // Everything here came from an unauthenticated peer: bounded, and recorded at most
         // once a minute per peer address and kind of refusal.

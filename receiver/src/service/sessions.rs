@@ -21,7 +21,11 @@ pub(super) struct Session {
     pub(super) sender_time: Option<DateTime<Utc>>,
     /// Receiver clock at BeginSession: garbage collection's cut-off stays before it.
     pub(super) started: DateTime<Utc>,
+    /// Orders the sessions by use (which one is least recent).
     pub(super) last_seen: Instant,
+    /// Receiver clock at the last request: `limits.idle_timeout` counts from here, so
+    /// tests drive it with the fake clock.
+    pub(super) last_active: DateTime<Utc>,
     /// When BeginSession opened it: `limits.max_session_age` counts from here.
     pub(super) opened: Instant,
     pub(super) new_chunks: u64,
@@ -44,8 +48,10 @@ impl BackupService {
     /// `limits.max_session_age` unless their commit has fully arrived (a commit still
     /// receiving is cancelled), so no peer holds GC's cut-off back beyond that age.
     pub(super) fn reap_idle(&self) {
-        let timeout = self.config.limits.idle_timeout.0;
-        let max_age = self.config.limits.max_session_age.0;
+        let timeout = chrono::TimeDelta::from_std(self.config.limits.idle_timeout)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        let max_age = self.config.limits.max_session_age;
+        let now = (self.clock)();
         let (mut expired, mut idle) = (Vec::new(), Vec::new());
         let mut sessions = self.sessions.lock().unwrap();
         sessions.retain(|id, s| {
@@ -57,7 +63,7 @@ impl BackupService {
                 expired.push((id.clone(), s.peer_identity.clone()));
                 return false;
             }
-            let keep = s.committing || s.last_seen.elapsed() < timeout;
+            let keep = s.committing || now.signed_duration_since(s.last_active) < timeout;
             if !keep {
                 tracing::info!(session = %id, "dropping idle session");
                 idle.push(id.clone());
@@ -127,6 +133,7 @@ impl BackupService {
         match sessions.get_mut(session_id) {
             Some(s) if s.peer_identity == peer.identity => {
                 s.last_seen = Instant::now();
+                s.last_active = (self.clock)();
                 Ok(())
             }
             _ => Err(ServiceError::SessionLost(session_id.to_string()).into()),
@@ -146,6 +153,7 @@ impl BackupService {
 pub(super) struct CommitReset<'a> {
     pub(super) sessions: &'a Mutex<HashMap<String, Session>>,
     pub(super) id: &'a str,
+    pub(super) clock: &'a crate::clock::Clock,
 }
 
 impl Drop for CommitReset<'_> {
@@ -155,6 +163,7 @@ impl Drop for CommitReset<'_> {
             s.committing = false;
             s.commit_cancel = None;
             s.last_seen = Instant::now();
+            s.last_active = (self.clock)();
         }
     }
 }

@@ -34,7 +34,7 @@ impl BackupService {
     /// How long an identity's own uploads count as present to it: GC's grace, during which
     /// they are safe from garbage collection.
     pub(super) fn upload_window(&self) -> std::time::Duration {
-        self.config.retention.gc_grace.0
+        self.config.retention.gc_grace
     }
 
     /// Verifies one uploaded chunk. Returns its id when it must be stored, or

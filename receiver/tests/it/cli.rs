@@ -221,3 +221,32 @@ fn exit_8_when_policy_refuses() {
     assert_eq!(c, Some(8), "{err}");
     assert!(err.contains("no good snapshot"), "{err}");
 }
+
+#[test]
+fn serve_with_a_bad_value_names_its_dotted_key_path_and_an_unknown_key_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("receiver.toml");
+    let base = "listen = \"127.0.0.1:0\"\nrepo = \"/nonexistent\"\n[tls]\nca_cert = \"a\"\nserver_cert = \"b\"\nserver_key = \"c\"\n[admission]\nallowed_identities = [\"x\"]\nallowed_networks = [\"127.0.0.0/8\"]\n";
+    for (extra, want) in [
+        (
+            "[limits]\nidle_timeout = \"soon\"\n",
+            "key `limits.idle_timeout`",
+        ),
+        (
+            "[drill]\nhealthcheck_url = \"https://hc.example/x?y=1\"\n",
+            "key `drill.healthcheck_url`",
+        ),
+        (
+            "[monitoring]\nping_retries = 0\n",
+            "key `monitoring.ping_retries`",
+        ),
+        ("[limits]\nmax_sesions = 3\n", "unknown field `max_sesions`"),
+    ] {
+        std::fs::write(&cfg, format!("{base}{extra}")).unwrap();
+        let out = receiver(&["serve", "--config", cfg.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{extra}: {err}");
+        assert!(!std::path::Path::new("/nonexistent").exists());
+    }
+}

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use backup_common::config::{ReceiverConfig, SenderConfig};
+use backup_receiver::config::ReceiverConfig;
+use backup_sender::config::SenderConfig;
 
 fn deploy(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -698,8 +698,12 @@ async fn oversized_messages_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_limit_and_idle_timeout() {
-    let (mut stack, baseline) =
-        stack_with("[limits]\nmax_sessions = 2\nidle_timeout = \"1s\"\n").await;
+    // The idle timeout counts on the receiver's clock: the test moves it past the timeout.
+    let (mut stack, baseline, clock) = stack_with_clock(
+        "[limits]\nmax_sessions = 2\nidle_timeout = \"10m\"\n",
+        "2031-03-04T05:00:00Z",
+    )
+    .await;
     // A second allow-listed sender ("stranger" is signed by the same CA).
     reconfigure(&mut stack, |t| {
         t.replace(
@@ -741,8 +745,8 @@ async fn session_limit_and_idle_timeout() {
         Code::ResourceExhausted,
         "limits.max_sessions",
     );
-    // Idle sessions are dropped after the timeout; time itself is the condition here.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Idle sessions are dropped once the receiver's clock is past the timeout.
+    set_clock(&clock.path().join("now"), "2031-03-04T05:10:01Z").unwrap();
     begin(&mut other).await.unwrap();
     let (up, _) = chunk(&third, &noise(1000, 4));
     assert_status(

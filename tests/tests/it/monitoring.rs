@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backup_tests::net::free_port;
 use backup_tests::pg::SUPERUSER;
 use backup_tests::stack::{noise, SenderRun, Stack, BUCKET, DATABASE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -587,7 +586,10 @@ async fn receiver_pings_fail_when_no_snapshot_arrives_within_the_window() {
     let clock = clock_dir.path().join("now");
     std::fs::write(&clock, "2026-03-01T02:00:00Z").unwrap();
     let stack = Stack::start_with(
-        &receiver_monitoring(&pings, "missed_window = \"26h\"\n"),
+        &receiver_monitoring(
+            &pings,
+            "missed_window = \"26h\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+        ),
         &[(
             backup_receiver::clock::FAKE_CLOCK_ENV,
             clock.to_str().unwrap(),
@@ -606,9 +608,15 @@ async fn receiver_pings_fail_when_no_snapshot_arrives_within_the_window() {
     );
     assert!(pings.pings_for("receiver")[0].body.contains(&id));
 
-    // Inside the window nothing more is sent.
+    let metrics = stack
+        .receiver
+        .metrics
+        .expect("metrics endpoint bound")
+        .port();
+
+    // Inside the window nothing more is sent: once a check has run at that time.
     std::fs::write(&clock, "2026-03-02T03:59:00Z").unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for_check_at(metrics, "2026-03-02T03:59:00Z").await;
     assert_eq!(pings.signals("receiver"), [""]);
 
     std::fs::write(&clock, "2026-03-02T04:01:00Z").unwrap();
@@ -620,9 +628,43 @@ async fn receiver_pings_fail_when_no_snapshot_arrives_within_the_window() {
         "{body}"
     );
     assert!(body.contains(&id), "{body}");
-    // Reported once, not on every check.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Pings go out in order, one queue: a fail ping wrongly sent by the check at 03:59
+    // would have arrived before this one, with that time in it.
+    assert!(
+        body.contains("receiver clock now 2026-03-02T04:01:00"),
+        "{body}"
+    );
+    // Reported once, not on every check: later checks, still past the window, send nothing
+    // (the next commit's success ping, queued after them, is the next one to arrive).
+    std::fs::write(&clock, "2026-03-02T04:02:00Z").unwrap();
+    wait_for_check_at(metrics, "2026-03-02T04:02:00Z").await;
     assert_eq!(pings.signals("receiver"), ["", "/fail"]);
+    run_sender(&stack);
+    assert_eq!(
+        pings.wait_for("receiver", 3, Duration::from_secs(10)).await,
+        ["", "/fail", ""]
+    );
+}
+
+/// Waits until the receiver's background checks have run at receiver-clock time `rfc3339`
+/// (the metric it updates on each check): proof the loop is alive before asserting that
+/// it did not do something.
+async fn wait_for_check_at(metrics_port: u16, rfc3339: &str) {
+    let want = format!(
+        "backup_receiver_last_check_timestamp_seconds {}",
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(metrics_port).await;
+        if text.lines().any(|l| l == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{want}` in\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn scrape(port: u16) -> String {
@@ -639,13 +681,17 @@ async fn scrape(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_reports_the_committed_snapshot() {
     let pings = PingServer::start().await;
-    let port = free_port();
     let stack = Stack::start_with(
-        &receiver_monitoring(&pings, &format!("metrics_listen = \"127.0.0.1:{port}\"\n")),
+        &receiver_monitoring(&pings, "metrics_listen = \"127.0.0.1:0\"\n"),
         &[],
     )
     .await
     .unwrap();
+    let port = stack
+        .receiver
+        .metrics
+        .expect("metrics endpoint bound")
+        .port();
     with_objects(&stack, 2, 300_000).await;
     let summary = run_sender(&stack).summary();
     // A stranger's certificate is refused at admission and counted.

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use backup_common::config::{DrillConfig, SanityQuery};
+use crate::config::{DrillConfig, SanityQuery};
 use backup_common::error_chain;
 use backup_common::manifest::Manifest;
 use backup_common::manifest::ROW_COUNT_TABLES_SQL;

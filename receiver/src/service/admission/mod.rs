@@ -9,7 +9,7 @@ pub mod tls_accept;
 
 use std::net::{IpAddr, SocketAddr};
 
-use backup_common::config::Admission;
+use crate::config::Admission;
 use backup_common::tls::cert_identities;
 use tonic::{Request, Status};
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use backup_common::config::Limits;
+use crate::config::Limits;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
@@ -72,8 +72,8 @@ impl Quota {
                 0
             });
         Quota {
-            max_session_bytes: limits.max_session_bytes,
-            max_daily_bytes: limits.max_daily_bytes,
+            max_session_bytes: limits.max_session_bytes.get(),
+            max_daily_bytes: limits.max_daily_bytes.get(),
             min_free_bytes: limits.min_free_bytes,
             audit_bytes: 0,
             repo: repo.clone(),
@@ -166,8 +166,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let repo = Repository::open_or_init(d.path()).unwrap();
         let limits = Limits {
-            max_session_bytes: session,
-            max_daily_bytes: daily,
+            max_session_bytes: std::num::NonZeroU64::new(session).unwrap(),
+            max_daily_bytes: std::num::NonZeroU64::new(daily).unwrap(),
             min_free_bytes: reserve,
             ..Limits::default()
         };

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backup_common::config::TailscaleCheck;
+use crate::config::TailscaleCheck;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -94,7 +94,7 @@ impl TailscaleAdmission {
 
     /// Asks tailscaled about `peer` (or reuses a recent answer) and checks its tags.
     pub async fn check(&self, peer: SocketAddr) -> Verdict {
-        let ttl = self.config.cache_ttl.0;
+        let ttl = self.config.cache_ttl;
         if let Some((at, v)) = self.cache.lock().unwrap().get(&peer) {
             if at.elapsed() < ttl {
                 return v.clone();
@@ -105,7 +105,7 @@ impl TailscaleAdmission {
                 if node
                     .tags
                     .iter()
-                    .any(|t| self.config.required_tags.contains(t))
+                    .any(|t| self.config.required_tags.iter().any(|r| r.as_str() == t))
                 {
                     Verdict::Allowed(node)
                 } else {
@@ -126,7 +126,7 @@ impl TailscaleAdmission {
         verdict
     }
 
-    pub fn required_tags(&self) -> &[String] {
+    pub fn required_tags(&self) -> &[crate::config::NodeTag] {
         &self.config.required_tags
     }
 }
@@ -296,8 +296,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let check = TailscaleAdmission::new(TailscaleCheck {
             socket: d.path().join("none.sock"),
-            required_tags: vec!["tag:prod-vps".into()],
-            cache_ttl: backup_common::config::HumanDuration(Duration::from_secs(60)),
+            required_tags: vec![crate::config::NodeTag::parse("tag:prod-vps").unwrap()],
+            cache_ttl: Duration::from_secs(60),
         });
         let v = check.check("100.64.0.1:4000".parse().unwrap()).await;
         assert!(

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::ReceiverConfig;
 use anyhow::Context;
-use backup_common::config::ReceiverConfig;
 use backup_common::tls::{cert_identities, fingerprint};
 use ipnet::IpNet;
 use rustls::client::danger::HandshakeSignatureValid;
