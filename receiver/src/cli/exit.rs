@@ -33,6 +33,9 @@ pub enum Exit {
     /// 8: refused by policy: a snapshot that is not good without --allow-suspect, an output
     /// target that exists, is not empty or is a link, a verdict or undelete that does not apply.
     Refused = 8,
+    /// 141: stdout was closed by the reader (`snapshots --json | head -1`): the command ends
+    /// quietly, as `cat` would (128 + SIGPIPE; see `operator::out`).
+    ClosedStdout = 141,
 }
 
 /// The table as `--help` shows it (kept equal to [`Exit`] by a unit test).
@@ -40,14 +43,16 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
   1  other failure (an I/O error outside the repository, an internal error)
-  2  usage: wrong arguments, or a snapshot named that does not exist
+  2  usage: wrong arguments, a snapshot named that does not exist, or
+     --include/--exclude globs that match no object
   3  damage found: damaged or missing chunks (verify; a restore reading them)
   4  restore incomplete: some objects were not restored (each is named)
   5  configuration: receiver.toml or a secret file missing, unreadable or invalid
   6  repository unreadable: not a backup repository, or its files cannot be read
   7  drill failed: the restore drill ran and did not pass
   8  refused by policy: snapshot not good (see --allow-suspect), output target exists,
-     is not empty or is a link, ack/reject/undelete does not apply";
+     is not empty or is a link, ack/reject/undelete does not apply
+141  stdout closed by the reader (e.g. `| head`): the command ended quietly";
 
 /// Errors the command layer itself raises; the layers' own errors are classified by type.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +151,12 @@ mod tests {
             Exit::RepositoryUnreadable,
             Exit::DrillFailed,
             Exit::Refused,
+            Exit::ClosedStdout,
         ];
+        assert_eq!(
+            i32::from(Exit::ClosedStdout.code()),
+            crate::operator::out::BROKEN_PIPE_EXIT
+        );
         let listed: Vec<u8> = EXIT_CODES_HELP
             .lines()
             .filter_map(|l| l.split_whitespace().next()?.parse().ok())

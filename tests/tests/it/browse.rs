@@ -357,7 +357,7 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
             out.to_str().unwrap(),
         ],
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("no object of snapshot"),
         "{}",
@@ -413,7 +413,7 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
         .env_remove("BACKUP_RECEIVER_CONFIG")
         .output()
         .unwrap();
-    assert_eq!(no_repo.status.code(), Some(1));
+    assert_eq!(no_repo.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&no_repo.stderr).contains("give --repo DIR or --config FILE"));
 
     // A closed stdout ends every command quietly: exit 141, nothing on stderr.
