@@ -214,9 +214,13 @@ pub async fn run_and_ping(
     if let Some(p) = &pinger {
         p.send(Signal::Start, "").await;
     }
+    // `cancel` is polled first, so its signal handlers are installed before the drill's
+    // blocking steps (initdb) start: a SIGTERM then interrupts the drill instead of
+    // killing the process with the sandbox left behind.
     let result = tokio::select! {
-        r = run(opts) => r,
+        biased;
         () = cancel => Err(DrillError::Interrupted),
+        r = run(opts) => r,
     };
     // A failed ping is logged by the pinger and changes nothing about the drill's result.
     if let Some(p) = &pinger {
