@@ -8,6 +8,7 @@ use super::exit::CliError;
 use crate::clock;
 use crate::config::ReceiverConfig;
 use crate::maintenance::{gc, prune, verify};
+use crate::operator::progress::Progress;
 use crate::operator::{out, snapshots};
 use crate::store::repository::RepoError;
 use crate::store::{leases, trash};
@@ -80,7 +81,13 @@ pub async fn verify(target: &RepoArgs, read: verify::ReadData, json: bool) -> an
         Some(c) => Some(ReceiverConfig::load(c)?.monitoring),
         None => None,
     };
-    let r = tokio::task::spawn_blocking(move || verify::verify(&repo, read, true)).await??;
+    let r = tokio::task::spawn_blocking(move || {
+        let progress = Progress::for_stderr();
+        let r = verify::verify(&repo, read, true, &progress);
+        progress.finish();
+        r
+    })
+    .await??;
     if json {
         out::print_json(&r)?;
     } else {

@@ -14,6 +14,7 @@ use backup_common::chunk::ChunkId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::operator::progress::Progress;
 use crate::store::backend::Space;
 use crate::store::repository::{Maintainer, RepoError};
 
@@ -130,8 +131,9 @@ pub fn verify(
     repo: &Maintainer,
     read: ReadData,
     quarantine_corrupt: bool,
+    progress: &Progress,
 ) -> Result<VerifyReport, RepoError> {
-    verify_selected(repo, quarantine_corrupt, |claimed| {
+    verify_selected(repo, quarantine_corrupt, progress, |claimed| {
         claimed
             .keys()
             .filter(|id| read.reads(id))
@@ -141,10 +143,11 @@ pub fn verify(
 }
 
 /// As [`verify`], reading back the chunks `select` picks from every referenced one (the
-/// others are only checked for existence).
+/// others are only checked for existence). `progress` counts the chunks read back.
 pub fn verify_selected(
     repo: &Maintainer,
     quarantine_corrupt: bool,
+    progress: &Progress,
     select: impl FnOnce(&BTreeMap<ChunkId, Claim>) -> BTreeSet<ChunkId>,
 ) -> Result<VerifyReport, RepoError> {
     let mut report = VerifyReport::default();
@@ -169,6 +172,7 @@ pub fn verify_selected(
     })?;
     report.chunks = claimed.len() as u64;
     let chosen = select(&claimed);
+    progress.start(Some(chosen.len() as u64), "chunks read back");
     let mut bad: BTreeMap<ChunkId, (Problem, String, Option<PathBuf>)> = BTreeMap::new();
     // Intact chunks some manifest claims another length for, with their true length.
     let mut intact_len: BTreeMap<ChunkId, u32> = BTreeMap::new();
@@ -180,7 +184,9 @@ pub fn verify_selected(
             continue;
         }
         report.chunks_read += 1;
-        match repo.read_chunk(id) {
+        let read = repo.read_chunk(id);
+        progress.item(read.as_ref().map_or(0, |d| d.len() as u64));
+        match read {
             Ok(data) => {
                 report.bytes_read += data.len() as u64;
                 let wrong: Vec<String> = lens
@@ -327,9 +333,9 @@ mod tests {
         fs::write(&rot, b"\0will r0t").unwrap();
         fs::remove_file(crate::store::fs::chunk_path(d.path(), &ids[2].0)).unwrap();
 
-        let quick = verify(&repo, ReadData::None, true).unwrap();
+        let quick = verify(&repo, ReadData::None, true, &Progress::hidden()).unwrap();
         assert_eq!(quick.damage.len(), 1, "existence only sees the missing one");
-        let r = verify(&repo, ReadData::All, true).unwrap();
+        let r = verify(&repo, ReadData::All, true, &Progress::hidden()).unwrap();
         assert_eq!(r.damage.len(), 2);
         let corrupt = r
             .damage

@@ -28,6 +28,7 @@ use crate::maintenance::verify::{self, Damage, Problem, VerifyReport};
 use crate::maintenance::verify_state::{self, Tracked, VerifyState, MAX_AFFECTED, MAX_TRACKED};
 use crate::monitoring::audit::AuditLog;
 use crate::monitoring::monitor::Monitor;
+use crate::operator::progress::Progress;
 use crate::store::backend::Space;
 use crate::store::repository::{Maintainer, RepoError};
 
@@ -183,7 +184,7 @@ pub fn run_pass(
     let mut sweep_read = 0u64;
     let mut sweep_left = 0usize;
     let mut total = 0usize;
-    let report = verify::verify_selected(repo, true, |claimed| {
+    let report = verify::verify_selected(repo, true, &Progress::hidden(), |claimed| {
         total = claimed.len();
         let mut chosen = BTreeSet::new();
         if cfg.read_new {
