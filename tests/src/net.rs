@@ -72,3 +72,19 @@ pub async fn wait_until_some<T>(
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// The receiver's `/metrics` page (status line, headers and body) from the endpoint on
+/// loopback `port`; the answer must be `200`.
+pub async fn scrape_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}

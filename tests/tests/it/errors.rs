@@ -5,8 +5,8 @@
 use backup_common::contract::{self, Reason};
 use backup_tests::hostile::*;
 use backup_tests::net::free_port;
+use backup_tests::net::scrape_metrics;
 use backup_tests::stack::{noise, Stack};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 #[track_caller]
@@ -97,19 +97,6 @@ async fn the_receivers_statuses_carry_the_reason_the_sender_acts_on() {
     );
 }
 
-async fn scrape(port: u16) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tailscale_refusals_are_counted_in_the_rejected_requests_metric() {
     backup_common::tls::install_crypto_provider();
@@ -152,7 +139,7 @@ async fn tailscale_refusals_are_counted_in_the_rejected_requests_metric() {
         "does not know peer",
         Some(Reason::RefusedByPolicy),
     );
-    let text = scrape(port).await;
+    let text = scrape_metrics(port).await;
     assert!(
         text.lines()
             .any(|l| l == "backup_receiver_rejected_requests_total{reason=\"tailscale\"} 3"),

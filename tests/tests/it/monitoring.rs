@@ -2,6 +2,7 @@
 //! the test (healthchecks.io protocol), one test per failure mode. Each asserts the exact
 //! ping sequence and that no success ping was sent when the run failed.
 
+use backup_tests::net::scrape_metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -658,24 +659,13 @@ async fn wait_for_check_at(metrics_port: u16, rfc3339: &str) {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = scrape(metrics_port).await;
+        let text = scrape_metrics(metrics_port).await;
         if text.lines().any(|l| l == want) {
             return;
         }
         assert!(Instant::now() < deadline, "no `{want}` in\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -725,7 +715,7 @@ async fn metrics_endpoint_reports_the_committed_snapshot() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
-        let text = scrape(port).await;
+        let text = scrape_metrics(port).await;
         let missing: Vec<_> = expected
             .iter()
             .filter(|line| !text.lines().any(|l| l == line.as_str()))

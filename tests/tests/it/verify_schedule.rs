@@ -3,6 +3,7 @@
 //! what a source still has (confirmed by reading it back) and the rest is reported as
 //! permanent loss; the verify state survives a restart, so the cycle goes on where it was.
 
+use backup_tests::net::scrape_metrics;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +13,6 @@ use backup_tests::net::free_port;
 use backup_tests::stack::{noise, Stack, BUCKET};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::monitoring::PingServer;
 
@@ -37,18 +37,6 @@ async fn pass(repo: &Path, n: u64) -> Value {
     })
     .await;
     state(repo).unwrap()
-}
-
-async fn scrape(port: u16) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 /// The value of a gauge without labels.
@@ -157,7 +145,7 @@ async fn a_scheduled_pass_finds_rot_by_itself_pings_once_and_the_next_night_heal
         assert!(repo.join("quarantine").join(hex).is_file());
     }
     assert!(!letter_path.exists() && !photo_path.exists());
-    let m = scrape(port).await;
+    let m = scrape_metrics(port).await;
     assert_eq!(
         gauge(&m, "backup_receiver_last_verify_success").as_deref(),
         Some("0"),
@@ -217,7 +205,7 @@ async fn a_scheduled_pass_finds_rot_by_itself_pings_once_and_the_next_night_heal
     assert_eq!(healed.len(), 1);
     assert_eq!(healed[0]["chunk"], photo.as_str());
     assert_eq!(audit_events(&repo, "verify_permanent_loss").len(), 1);
-    let m = scrape(port).await;
+    let m = scrape_metrics(port).await;
     assert_eq!(
         gauge(&m, "backup_receiver_verify_healed_chunks").as_deref(),
         Some("1"),
