@@ -42,7 +42,11 @@ pub fn open(
     let lease = Lease {
         session: session.to_string(),
         started,
-        ends: started + chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX),
+        // A `max_session_age` beyond the calendar means the lease never ends (no overflow).
+        ends: chrono::Duration::from_std(max_age)
+            .ok()
+            .and_then(|age| started.checked_add_signed(age))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
     };
     let bytes = serde_json::to_vec(&lease).expect("lease serializes");
     repo.store()
@@ -69,7 +73,10 @@ fn all(repo: &Repository) -> Result<Vec<(Lease, bool)>, RepoError> {
             continue; // removed by a concurrent clean-up
         };
         match serde_json::from_slice::<Lease>(&bytes) {
-            Ok(lease) => {
+            Ok(mut lease) => {
+                // The object's name is what clean-up removes and `.closed` pairs with; a
+                // body that says otherwise does not redirect either.
+                lease.session = session.to_string();
                 let closed = names.binary_search(&closed_name(session)).is_ok();
                 out.push((lease, closed));
             }
