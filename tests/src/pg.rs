@@ -1,4 +1,5 @@
-//! Throwaway PostgreSQL 15 clusters for tests.
+//! Throwaway PostgreSQL clusters for tests: 15 (Debian's), 16 and 17 (installed by
+//! `scripts/install-test-postgres`, which `.ci/run` runs when they are missing).
 //!
 //! Owns the whole life of one cluster: a temporary directory (data directory,
 //! unix-socket directory, server log), `initdb`, the `postgres` server process
@@ -47,9 +48,76 @@ pub fn bin_dir() -> PathBuf {
         .clone()
 }
 
-/// Full path of a PostgreSQL tool such as `pg_dump` or `psql`.
+/// Full path of a PostgreSQL 15 tool such as `pg_dump` or `psql`.
 pub fn tool(name: &str) -> PathBuf {
     bin_dir().join(name)
+}
+
+/// Where `scripts/install-test-postgres` puts PostgreSQL 16 and 17.
+pub const VERSIONS_ROOT: &str = "/opt/familienarchiv-test-pg";
+
+/// A PostgreSQL major version the harness can run. Every version's binaries must be
+/// there: a test never skips a version it was written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PgVersion {
+    V15,
+    V16,
+    V17,
+}
+
+impl PgVersion {
+    /// Every version the harness runs, oldest first.
+    pub const ALL: [PgVersion; 3] = [PgVersion::V15, PgVersion::V16, PgVersion::V17];
+
+    pub fn major(self) -> u32 {
+        match self {
+            PgVersion::V15 => 15,
+            PgVersion::V16 => 16,
+            PgVersion::V17 => 17,
+        }
+    }
+
+    /// The directory holding this version's server and client binaries
+    /// (`$BACKUP_TEST_PG_ROOT/<major>/bin` for 16 and 17). Panics with the command that
+    /// installs them when they are missing.
+    pub fn bin_dir(self) -> PathBuf {
+        if self == PgVersion::V15 {
+            return bin_dir();
+        }
+        let root = std::env::var_os("BACKUP_TEST_PG_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(VERSIONS_ROOT));
+        let dir = root.join(self.major().to_string()).join("bin");
+        assert!(
+            dir.join("postgres").is_file() && dir.join("pg_dump").is_file(),
+            "PostgreSQL {} is not installed under {}; run scripts/install-test-postgres",
+            self.major(),
+            root.display()
+        );
+        dir
+    }
+
+    /// Full path of this version's tool `name`.
+    pub fn tool(self, name: &str) -> PathBuf {
+        self.bin_dir().join(name)
+    }
+}
+
+/// How a cluster is started: its version, and server settings (`-c name=value`)
+/// (e.g. `archive_mode` for WAL archiving).
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub version: PgVersion,
+    pub settings: Vec<(String, String)>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            version: PgVersion::V15,
+            settings: Vec::new(),
+        }
+    }
 }
 
 /// How `initdb` sets up client authentication.
@@ -73,6 +141,8 @@ enum Shutdown {
 /// A running throwaway PostgreSQL cluster on `127.0.0.1:<port()>`.
 pub struct PgCluster {
     port: u16,
+    version: PgVersion,
+    settings: Vec<(String, String)>,
     server: Option<Child>,
     /// Password the harness uses for [`SUPERUSER`]; `None` with trust auth.
     password: Mutex<Option<String>>,
@@ -83,16 +153,33 @@ pub struct PgCluster {
 impl PgCluster {
     /// Starts a cluster where every connection is trusted (no passwords).
     pub async fn start() -> Result<PgCluster> {
-        Self::start_with(Auth::Trust).await
+        Self::start_with(Auth::Trust, PgOptions::default()).await
+    }
+
+    /// Starts a trust-auth cluster of `version`.
+    pub async fn start_version(version: PgVersion) -> Result<PgCluster> {
+        Self::start_with(
+            Auth::Trust,
+            PgOptions {
+                version,
+                ..PgOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts a trust-auth cluster with `options`.
+    pub async fn start_with_options(options: PgOptions) -> Result<PgCluster> {
+        Self::start_with(Auth::Trust, options).await
     }
 
     /// Starts a cluster whose TCP connections need a SCRAM-SHA-256 password;
     /// the superuser's is [`SUPERUSER_PASSWORD`].
     pub async fn start_with_password_auth() -> Result<PgCluster> {
-        Self::start_with(Auth::Password).await
+        Self::start_with(Auth::Password, PgOptions::default()).await
     }
 
-    async fn start_with(auth: Auth) -> Result<PgCluster> {
+    async fn start_with(auth: Auth, options: PgOptions) -> Result<PgCluster> {
         let owner = server_user()?;
         let parent = if owner.is_some() {
             PathBuf::from("/tmp")
@@ -114,6 +201,8 @@ impl PgCluster {
         let password = (auth == Auth::Password).then(|| SUPERUSER_PASSWORD.to_owned());
         let mut cluster = PgCluster {
             port: 0,
+            version: options.version,
+            settings: options.settings,
             server: None,
             password: Mutex::new(password),
             dir,
@@ -136,7 +225,7 @@ impl PgCluster {
 
     /// Runs `initdb` into `<dir>/data`.
     async fn initdb(&self, auth: Auth) -> Result<()> {
-        let mut cmd = server_command("initdb")?;
+        let mut cmd = server_command(&self.tool("initdb"))?;
         cmd.arg("-D").arg(self.data_dir()).args([
             "-U",
             SUPERUSER,
@@ -162,7 +251,7 @@ impl PgCluster {
         let out = tokio::process::Command::from(cmd)
             .output()
             .await
-            .with_context(|| format!("running {}", tool("initdb").display()))?;
+            .with_context(|| format!("running {}", self.tool("initdb").display()))?;
         if !out.status.success() {
             bail!(
                 "initdb failed ({}):\n{}{}",
@@ -181,7 +270,10 @@ impl PgCluster {
             .append(true)
             .open(self.log_path())
             .context("opening the server log")?;
-        let mut cmd = server_command("postgres")?;
+        let mut cmd = server_command(&self.tool("postgres"))?;
+        for (name, value) in &self.settings {
+            cmd.arg("-c").arg(format!("{name}={value}"));
+        }
         cmd.arg("-D")
             .arg(self.data_dir())
             .arg("-p")
@@ -203,7 +295,7 @@ impl PgCluster {
             .stderr(log);
         let child = cmd
             .spawn()
-            .with_context(|| format!("spawning {}", tool("postgres").display()))?;
+            .with_context(|| format!("spawning {}", self.tool("postgres").display()))?;
         self.server = Some(child);
 
         match self.wait_ready().await {
@@ -241,6 +333,16 @@ impl PgCluster {
             }
             tokio::time::sleep(READY_POLL).await;
         }
+    }
+
+    /// The server's major version.
+    pub fn version(&self) -> PgVersion {
+        self.version
+    }
+
+    /// Full path of this cluster's version of tool `name` (`pg_dump`, `pg_basebackup`…).
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.version.tool(name)
     }
 
     /// TCP port the server listens on (127.0.0.1).
@@ -458,10 +560,10 @@ fn lookup_server_user() -> Result<Option<OsUser>> {
     }))
 }
 
-/// A command for PostgreSQL tool `name`, set to run as the `postgres` OS
+/// A command for the PostgreSQL tool at `path`, set to run as the `postgres` OS
 /// user when we are root.
-fn server_command(name: &str) -> Result<Command> {
-    let mut cmd = Command::new(tool(name));
+pub fn server_command(path: &std::path::Path) -> Result<Command> {
+    let mut cmd = Command::new(path);
     if let Some(user) = server_user()? {
         // std also drops supplementary groups when it switches uid. HOME etc.
         // would otherwise still point at root's (unreadable) home.

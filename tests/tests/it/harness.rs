@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use backup_tests::net::{free_port, loopback, wait_for_tcp};
-use backup_tests::pg::{self, PgCluster, SUPERUSER, SUPERUSER_PASSWORD};
+use backup_tests::pg::{self, PgCluster, PgOptions, PgVersion, SUPERUSER, SUPERUSER_PASSWORD};
 use backup_tests::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 use futures::{StreamExt, TryStreamExt};
 
@@ -22,6 +22,61 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Every server version the harness runs starts, answers with its own version, archives
+/// WAL through `basic_archive`, and its own `pg_dump` writes a custom-format archive.
+#[tokio::test]
+async fn every_pg_version_starts_archives_wal_and_dumps() -> anyhow::Result<()> {
+    for version in PgVersion::ALL {
+        let spool = tempfile::Builder::new()
+            .prefix("wal-spool-")
+            .tempdir_in("/tmp")?;
+        std::fs::set_permissions(
+            spool.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )?;
+        let cluster = PgCluster::start_with_options(PgOptions {
+            version,
+            settings: vec![
+                ("archive_mode".into(), "on".into()),
+                ("archive_library".into(), "basic_archive".into()),
+                (
+                    "basic_archive.archive_directory".into(),
+                    spool.path().display().to_string(),
+                ),
+            ],
+        })
+        .await?;
+        assert_eq!(cluster.version(), version);
+        let db = cluster.client("postgres").await?;
+        let num: String = db.query_one("SHOW server_version_num", &[]).await?.get(0);
+        assert_eq!(num[..2].parse::<u32>()?, version.major(), "{version:?}");
+        let segment: String = db
+            .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+            .await?
+            .get(0);
+        let archived = spool.path().join(&segment);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !archived.is_file() {
+            assert!(
+                Instant::now() < deadline,
+                "{version:?}: {segment} not archived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(std::fs::metadata(&archived)?.len(), 16 * MIB as u64);
+        let out = std::process::Command::new(cluster.tool("pg_dump"))
+            .args(["-Fc", &cluster.url("postgres")])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{version:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(&out.stdout[..5], b"PGDMP", "{version:?}");
+    }
+    Ok(())
 }
 
 #[tokio::test]
