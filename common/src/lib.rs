@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod ping;
 pub mod retention;
 pub mod s3;
+pub mod stderr;
 pub mod term;
 pub mod tls;
 pub mod wire;

@@ -5,7 +5,8 @@
 //!
 //! Layers, each a folder whose module doc says what it may touch:
 //! - [`store`]: the repository on disk, the only layer that changes it;
-//! - [`service`]: the network service (admission, sessions, commit validation);
+//! - [`service`]: the network service (admission, sessions, commit validation), built with
+//!   the append capability only by [`serve`], the composition root;
 //! - [`maintenance`]: prune, garbage collection, verification and their schedule;
 //! - [`operator`]: restore, drill, listing;
 //! - [`monitoring`]: the anomaly guard, the audit log, metrics and pings;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod maintenance;
 pub mod monitoring;
 pub mod operator;
+pub mod serve;
 pub mod service;
 pub mod store;
 pub mod testhook;

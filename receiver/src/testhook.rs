@@ -11,10 +11,10 @@ pub const PAUSE_ENV: &str = "BACKUP_RECEIVER_TEST_PAUSE";
 
 /// Commit: the manifest is built and checked, not yet published.
 pub const COMMIT_BEFORE_PUBLISH: &str = "commit-before-publish";
-/// Prune: the first manifest has moved to the trash, the others have not.
+/// Prune: the first snapshot is in the trash, the others are not.
 pub const PRUNE_AFTER_FIRST_MOVE: &str = "prune-after-first-move";
-/// Garbage collection's mark: the snapshots are read, the trash is not (the mark lock held).
-pub const GC_MARK_BEFORE_TRASH: &str = "gc-mark-before-trash";
+/// Garbage collection's mark: every manifest is read, the mark lock still held.
+pub const GC_MARK_DONE: &str = "gc-mark-done";
 /// Garbage collection: the first unreferenced chunk is removed, the others are not.
 pub const GC_AFTER_FIRST_REMOVE: &str = "gc-after-first-remove";
 

@@ -126,37 +126,31 @@ fn rand_suffix() -> u64 {
 
 /// Ids of the snapshots in `snapshots/`, oldest first.
 pub fn snapshot_ids(repo: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(repo.join("snapshots"))
-        .unwrap()
-        .filter_map(|e| {
-            e.unwrap()
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .map(str::to_string)
-        })
-        .collect();
-    ids.sort();
-    ids
+    open(repo).snapshot_ids().unwrap()
 }
 
-fn manifests_in(dir: &Path) -> Vec<Manifest> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
-        .collect()
+/// The snapshots in the trash (pruned, not yet purged, not undeleted), as the receiver
+/// reads the trash's tombstone records.
+pub fn trash_ids(repo: &Path) -> Vec<String> {
+    open(repo).trashed().unwrap().into_keys().collect()
 }
 
-/// Chunk ids (hex) referenced by the manifests in `snapshots/` (and `trash/` if asked).
+fn open(repo: &Path) -> backup_receiver::store::repository::Repository {
+    backup_receiver::store::open::repository(repo).unwrap()
+}
+
+/// Chunk ids (hex) referenced by the snapshots' manifests (and by those in the trash if
+/// asked).
 pub fn referenced_chunks(repo: &Path, with_trash: bool) -> BTreeSet<String> {
-    let mut ms = manifests_in(&repo.join("snapshots"));
-    if with_trash {
-        ms.extend(manifests_in(&repo.join("trash")));
-    }
-    ms.iter()
-        .flat_map(|m| m.chunk_refs().map(|r| r.id.to_hex()).collect::<Vec<_>>())
+    let r = open(repo);
+    let ids = if with_trash {
+        r.stored_snapshot_ids().unwrap()
+    } else {
+        r.snapshot_ids().unwrap()
+    };
+    ids.iter()
+        .map(|id| r.load_stored_manifest(id).unwrap())
+        .flat_map(|m: Manifest| m.chunk_refs().map(|c| c.id.to_hex()).collect::<Vec<_>>())
         .collect()
 }
 

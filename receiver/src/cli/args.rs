@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use super::browse::{DiffArgs, DumpArgs, FindArgs, LsArgs};
 use super::exit::{CliError, EXIT_CODES_HELP};
 use crate::maintenance::verify;
+use crate::store::open;
 use crate::store::repository::{Maintainer, Repository};
 
 #[derive(Parser)]
@@ -164,20 +165,20 @@ impl RepoArgs {
 
     pub fn open(&self) -> anyhow::Result<Repository> {
         let (repo, _) = self.resolve()?;
-        Ok(Repository::open(&repo)?)
+        Ok(open::repository(&repo)?)
     }
 
     /// The repository with the maintain capability (prune, gc, verify, undelete).
     pub fn open_maintainer(&self) -> anyhow::Result<Maintainer> {
         let (repo, _) = self.resolve()?;
-        Ok(Maintainer::open(&repo)?)
+        Ok(open::maintainer(&repo)?)
     }
 
     /// The maintainer and the retention policy of the config (defaults without one).
     pub fn open_with_retention(&self) -> anyhow::Result<(Maintainer, RetentionConfig)> {
         let (repo, config) = self.resolve()?;
         Ok((
-            Maintainer::open(&repo)?,
+            open::maintainer(&repo)?,
             config.map(|c| c.retention).unwrap_or_default(),
         ))
     }

@@ -9,7 +9,6 @@ use super::args::DrillArgs;
 use super::exit::CliError;
 use crate::clock;
 use crate::operator::drill;
-use crate::store::repository::Repository;
 use crate::store::verdicts;
 
 pub async fn drill(args: DrillArgs) -> anyhow::Result<()> {
@@ -44,7 +43,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<()> {
     let report = drill::run_and_ping(&opts, super::shutdown_signal()).await?;
     if report.passed {
         // Retention keeps the newest snapshot that passed a drill ("drilled").
-        let repo = Repository::open(&repo_path)?;
+        let repo = crate::store::open::maintainer(&repo_path)?;
         verdicts::record_drill_passed(&repo, &report.snapshot, "restore drill passed", now)?;
     }
     if args.json {

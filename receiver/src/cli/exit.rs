@@ -6,6 +6,7 @@ use backup_common::config::ConfigError;
 
 use crate::operator::drill::DrillError;
 use crate::operator::restore::RestoreError;
+use crate::store::error::StoreError;
 use crate::store::repository::RepoError;
 use crate::store::trash::UndeleteError;
 use crate::store::verdicts::AckError;
@@ -94,6 +95,9 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Exit> {
     if let Some(e) = e.downcast_ref::<RepoError>() {
         return Some(repo(e));
     }
+    if e.downcast_ref::<StoreError>().is_some() {
+        return Some(Exit::RepositoryUnreadable);
+    }
     if let Some(e) = e.downcast_ref::<RestoreError>() {
         return match e {
             RestoreError::Repo(r) => Some(repo(r)),
@@ -126,9 +130,9 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Exit> {
 
 fn repo(e: &RepoError) -> Exit {
     match e {
-        RepoError::NotARepository { .. } | RepoError::Io { .. } | RepoError::BadManifest { .. } => {
-            Exit::RepositoryUnreadable
-        }
+        // Whatever its kind (not there, permission, unreadable, unavailable): the
+        // repository could not be read as asked. The message says which.
+        RepoError::Store(_) => Exit::RepositoryUnreadable,
         RepoError::MissingChunk { .. } | RepoError::Chunk(_) => Exit::Damage,
         RepoError::NoSuchSnapshot(_) | RepoError::Empty => Exit::Usage,
         RepoError::NoGoodSnapshot | RepoError::NotGood { .. } => Exit::Refused,

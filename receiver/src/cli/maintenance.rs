@@ -37,7 +37,7 @@ pub async fn prune(target: RepoArgs, dry_run: bool) -> anyhow::Result<()> {
 
 pub fn undelete(snapshot: &str, target: &RepoArgs) -> anyhow::Result<()> {
     let repo = target.open_maintainer()?;
-    let entry = trash::undelete(&repo, snapshot)?;
+    let entry = trash::undelete(&repo, snapshot, clock::from_env()())?;
     println!(
         "snapshot {} is back (pruned at {}) and held against prune",
         entry.id,

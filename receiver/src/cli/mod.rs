@@ -17,7 +17,7 @@ use backup_common::tls::Lifetimes;
 
 use crate::clock;
 use crate::maintenance::verify;
-use crate::service::server;
+use crate::serve;
 use args::{CertsCommand, Cli, Command};
 
 /// Runs one command to its end.
@@ -25,7 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = ReceiverConfig::load(&config)?;
-            server::serve(config, clock::from_env(), shutdown_signal()).await
+            serve::serve(config, clock::from_env(), shutdown_signal()).await
         }
         Command::Snapshots { target, json } => operator::list(&target, json),
         Command::Ls(args) => args.run(),

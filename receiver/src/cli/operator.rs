@@ -8,15 +8,15 @@ use crate::monitoring::audit::{self, AuditLog};
 use crate::monitoring::guard;
 use crate::operator::out;
 use crate::operator::snapshots::{self, SnapshotRow};
-use crate::store::repository::Repository;
+use crate::store::repository::{RepoError, Repository};
 use crate::store::verdicts;
 
 pub fn list(target: &RepoArgs, json: bool) -> anyhow::Result<()> {
     let repo = target.open()?;
     let mut rows: Vec<SnapshotRow> = Vec::new();
-    repo.for_each_manifest(|m| {
-        rows.push(SnapshotRow::from(&m).with_verdicts(&repo));
-        true
+    repo.try_for_each_manifest(|m| {
+        rows.push(SnapshotRow::from(&m).with_verdicts(&repo)?);
+        Ok::<_, RepoError>(true)
     })?;
     if json {
         out::print_json(&rows)?;
@@ -34,7 +34,7 @@ pub fn ack(
     note: Option<&str>,
     operator: Option<String>,
 ) -> anyhow::Result<()> {
-    let repo = target.open()?;
+    let repo = target.open_maintainer()?;
     let now = clock::from_env()();
     let ack = guard::acknowledge(&repo, snapshot, &operator_name(operator), note, now)?;
     audit_verdict(&repo, "ack", &ack, now);
@@ -52,7 +52,7 @@ pub fn reject(
     note: Option<&str>,
     operator: Option<String>,
 ) -> anyhow::Result<()> {
-    let repo = target.open()?;
+    let repo = target.open_maintainer()?;
     let now = clock::from_env()();
     let r = verdicts::reject(&repo, snapshot, &operator_name(operator), note, now)?;
     audit_verdict(&repo, "reject", &r, now);

@@ -10,7 +10,7 @@ use super::exit::CliError;
 use crate::operator::glob::KeyFilter;
 use crate::operator::progress::Progress;
 use crate::operator::restore;
-use crate::store::repository::Repository;
+use crate::store::repository::{RepoError, Repository};
 use crate::store::verdicts;
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
@@ -40,7 +40,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         manifest.time.to_rfc3339(),
         manifest.stats.object_count
     );
-    describe_choice(&repo, &args.snapshot, &manifest);
+    describe_choice(&repo, &args.snapshot, &manifest)?;
     let split = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
     if let Some(path) = &args.dump_out {
         let (repo, m, path) = (repo.clone(), manifest.clone(), path.clone());
@@ -168,17 +168,20 @@ fn report_s3(t: &crate::operator::to_s3::S3Outcome) {
 
 /// Says on stderr what an operator must know about the snapshot a command chose: that
 /// `latest` skipped newer snapshots that are not good, or that the named one is not good.
-fn describe_choice(repo: &Repository, asked: &str, chosen: &backup_common::manifest::Manifest) {
-    if let Some(why) = verdicts::not_good_because(repo, chosen) {
+fn describe_choice(
+    repo: &Repository,
+    asked: &str,
+    chosen: &backup_common::manifest::Manifest,
+) -> Result<(), RepoError> {
+    if let Some(why) = verdicts::not_good_because(repo, chosen)? {
         eprintln!(
             "WARNING: snapshot {} is {why}; used because --allow-suspect was given",
             chosen.id
         );
     }
-    if asked == "latest" && verdicts::is_good(repo, chosen) {
+    if asked == "latest" && verdicts::is_good(repo, chosen)? {
         let newer: Vec<String> = repo
-            .snapshot_ids()
-            .unwrap_or_default()
+            .snapshot_ids()?
             .into_iter()
             .filter(|id| id.as_str() > chosen.id.as_str())
             .collect();
@@ -190,4 +193,5 @@ fn describe_choice(repo: &Repository, asked: &str, chosen: &backup_common::manif
             );
         }
     }
+    Ok(())
 }

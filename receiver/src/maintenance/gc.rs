@@ -1,5 +1,5 @@
 //! Garbage collection, in two phases on the receiver's own clock (after Proxmox Backup
-//! Server): mark every chunk that any manifest in the snapshots or the trash references,
+//! Server): mark every chunk that any stored manifest (kept or in the trash) references,
 //! then sweep only chunks that are unmarked AND not in use since a cut-off. Upload sessions
 //! mark a chunk in use when they store it and again when they find it already present
 //! (MissingChunks), so a cut-off before the oldest live session (`serve`'s own, and every
@@ -18,7 +18,6 @@ use serde::Serialize;
 use crate::store::backend::keep_marked;
 use crate::store::leases;
 use crate::store::repository::{Maintainer, RepoError, Repository};
-use crate::store::trash;
 use crate::testhook;
 
 /// What a collection found and freed (or, dry, would free).
@@ -66,37 +65,26 @@ pub fn cutoff_with_leases(
     Ok(cutoff(now, gc_grace, oldest))
 }
 
-/// The mark phase: every chunk id some manifest (kept or in the trash) references, read one
-/// manifest at a time, under the store's mark lock. Closed by construction: while the lock
-/// is held, `undelete` (the only move from the trash back to the snapshots) waits, so a
-/// manifest only moves forward, snapshots -> trash -> removed, and the mark reads in that
-/// order: one that leaves the snapshots while they are read is in the trash when the
-/// trash is read; one that leaves the trash was purged. An unreadable one stops the
-/// collection.
+/// The mark phase: every chunk id some stored manifest references (a snapshot in the
+/// trash keeps its manifest where it is until the purge), read one manifest at a time,
+/// under the store's mark lock, which the purge takes too: a manifest is removed only
+/// before or after a mark, never while one reads. An unreadable one stops the collection:
+/// nothing is swept on a mark that could not read everything.
 pub fn mark(repo: &Maintainer) -> Result<(HashSet<ChunkId>, u64), RepoError> {
-    let _lock = repo
-        .maintain_store()
-        .lock_mark(true)?
-        .expect("a waiting lock is taken");
+    let _lock = repo.lock_mark(true)?.expect("a waiting lock is taken");
     let mut set = HashSet::new();
     let mut count = 0;
-    for id in repo.snapshot_ids()? {
-        match repo.load_manifest(&id) {
+    for id in repo.stored_snapshot_ids()? {
+        match repo.load_stored_manifest(&id) {
             Ok(m) => {
                 set.extend(m.chunk_refs().map(|r| r.id));
                 count += 1;
             }
-            Err(RepoError::NoSuchSnapshot(_)) => continue, // pruned meanwhile: in the trash
+            Err(RepoError::NoSuchSnapshot(_)) => continue, // purged before the lock
             Err(e) => return Err(e),
         }
     }
-    testhook::pause(testhook::GC_MARK_BEFORE_TRASH);
-    for e in trash::entries(repo)? {
-        if let Some(m) = trash::load(repo, &e)? {
-            set.extend(m.chunk_refs().map(|r| r.id));
-            count += 1;
-        }
-    }
+    testhook::pause(testhook::GC_MARK_DONE);
     Ok((set, count))
 }
 
@@ -109,9 +97,8 @@ pub fn collect(
     dry_run: bool,
 ) -> Result<GcReport, RepoError> {
     let (marked, manifests) = mark(repo)?;
-    let store = repo.maintain_store();
-    let swept = store.sweep(&keep_marked(&marked), cutoff, dry_run)?;
-    let removed_tmp_files = store.sweep_staging(tmp_cutoff, dry_run)?;
+    let swept = repo.sweep(&keep_marked(&marked), cutoff, dry_run)?;
+    let removed_tmp_files = repo.sweep_staging(tmp_cutoff, dry_run)?;
     Ok(GcReport {
         manifests,
         referenced_chunks: marked.len() as u64,
@@ -127,6 +114,7 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::trash;
     use backup_common::chunk::ChunkId;
     use backup_common::manifest::{ChunkRef, Manifest, ObjectEntry, SnapshotStats, FORMAT_VERSION};
 
@@ -162,7 +150,7 @@ mod tests {
     #[test]
     fn sweeps_only_old_unreferenced_chunks_and_keeps_trash_references() {
         let d = tempfile::tempdir().unwrap();
-        let repo = Maintainer::open_or_init(d.path()).unwrap();
+        let repo = crate::store::open::create_or_open(d.path()).unwrap();
         let now = SystemTime::now();
         let old = now - Duration::from_secs(3 * 86400);
         let kept = chunk(&repo, b"kept", old);
@@ -171,25 +159,25 @@ mod tests {
         let young = chunk(&repo, b"young, maybe an open session", now);
         repo.publish_manifest(&manifest("s1", &[kept])).unwrap();
         repo.publish_manifest(&manifest("s2", &[trashed])).unwrap();
-        trash::move_to_trash(&repo, "s2", Utc::now()).unwrap();
+        assert!(trash::put(&repo, "s2", Utc::now()).unwrap());
         let cut = cutoff(Utc::now(), Duration::from_secs(48 * 3600), None);
 
         let dry = collect(&repo, cut, cut, true).unwrap();
         assert_eq!((dry.removed_chunks, dry.young_unreferenced), (1, 1));
-        assert!(repo.has_chunk(&garbage), "dry run removes nothing");
+        assert!(repo.has_chunk(&garbage).unwrap(), "dry run removes nothing");
 
         let r = collect(&repo, cut, cut, false).unwrap();
         assert_eq!(r.manifests, 2);
         assert_eq!(r.referenced_chunks, 2);
         assert_eq!(r.removed_chunks, 1);
         assert_eq!(r.removed_bytes, 1 + b"garbage".len() as u64);
-        assert!(!repo.has_chunk(&garbage));
+        assert!(!repo.has_chunk(&garbage).unwrap());
         for id in [kept, trashed, young] {
-            assert!(repo.has_chunk(&id));
+            assert!(repo.has_chunk(&id).unwrap());
         }
         // Touching (a session found it present) protects an old chunk.
         let stale = chunk(&repo, b"stale but reused", old);
-        assert!(repo.touch_chunk(&stale, now));
+        assert!(repo.touch_chunk(&stale, now).unwrap());
         assert_eq!(collect(&repo, cut, cut, false).unwrap().removed_chunks, 0);
         // An open session that started before the grace window holds the cut-off back.
         let early = Utc::now() - chrono::Duration::days(4);
@@ -211,25 +199,25 @@ mod tests {
         let young = chunk(&repo, b"young", now);
         repo.publish_manifest(&manifest("s1", &[kept])).unwrap();
         repo.publish_manifest(&manifest("s2", &[trashed])).unwrap();
-        trash::move_to_trash(&repo, "s2", Utc::now()).unwrap();
+        assert!(trash::put(&repo, "s2", Utc::now()).unwrap());
         let cut = cutoff(Utc::now(), Duration::from_secs(48 * 3600), None);
 
         // While a mark holds the lock, an undelete cannot take it.
-        let marking = repo.maintain_store().lock_mark(true).unwrap().unwrap();
-        assert!(repo.maintain_store().lock_mark(false).unwrap().is_none());
+        let marking = repo.lock_mark(true).unwrap().unwrap();
+        assert!(repo.lock_mark(false).unwrap().is_none());
         drop(marking);
 
         let r = collect(&repo, cut, cut, false).unwrap();
         assert_eq!((r.manifests, r.referenced_chunks), (2, 2));
         assert_eq!((r.removed_chunks, r.young_unreferenced), (1, 1));
-        assert!(!repo.has_chunk(&garbage));
+        assert!(!repo.has_chunk(&garbage).unwrap());
         for id in [kept, trashed, young] {
-            assert!(repo.has_chunk(&id));
+            assert!(repo.has_chunk(&id).unwrap());
         }
-        // Undelete moves the manifest back without replacing; its chunks stay marked.
-        trash::undelete(&repo, "s2").unwrap();
+        // Undelete brings the snapshot back (nothing moves); its chunks stay marked.
+        trash::undelete(&repo, "s2", Utc::now()).unwrap();
         assert!(trash::entries(&repo).unwrap().is_empty());
         assert_eq!(collect(&repo, cut, cut, false).unwrap().removed_chunks, 0);
-        assert!(repo.has_chunk(&trashed));
+        assert!(repo.has_chunk(&trashed).unwrap());
     }
 }

@@ -204,7 +204,7 @@ pub fn plan(snapshots: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
     pub decisions: Vec<Decision>,
-    /// Snapshots moved to the trash.
+    /// Snapshots put in the trash.
     pub pruned: Vec<String>,
     /// Trash entries removed for good because their grace period had passed.
     pub purged: Vec<String>,
@@ -212,27 +212,28 @@ pub struct PruneReport {
 }
 
 /// Reads every snapshot's retention facts from the repository, one manifest at a time. A
-/// manifest that vanishes while we read (a concurrent prune moved it) is skipped; any
-/// other error stops.
+/// manifest that vanishes while we read (a concurrent purge) is skipped; any other error
+/// stops, and so does a verdict or hold that cannot be read: nothing is pruned on facts
+/// the store could not give.
 pub fn candidates(repo: &Repository) -> Result<Vec<Candidate>, RepoError> {
     let mut out = Vec::new();
-    repo.for_each_manifest(|m| {
+    repo.try_for_each_manifest(|m| {
         out.push(Candidate {
-            unacknowledged_suspect: verdicts::is_suspect(repo, &m),
-            rejected: verdicts::is_rejected(repo, &m.id),
-            held: trash::is_held(repo, &m.id),
-            drilled: verdicts::drill_passed(repo, &m.id),
+            unacknowledged_suspect: verdicts::is_suspect(repo, &m)?,
+            rejected: verdicts::is_rejected(repo, &m.id)?,
+            held: trash::is_held(repo, &m.id)?,
+            drilled: verdicts::drill_passed(repo, &m.id)?,
             id: m.id,
             time: m.time,
         });
-        true
+        Ok::<_, RepoError>(true)
     })?;
     Ok(out)
 }
 
-/// Applies the policy at `now` (receiver clock): moves unkept manifests to the trash, then
-/// removes trash entries older than the grace period. Any unreadable manifest stops the
-/// prune before anything moves.
+/// Applies the policy at `now` (receiver clock): puts unkept snapshots in the trash, then
+/// removes trash entries older than the grace period. Any unreadable manifest or verdict
+/// stops the prune before anything is trashed.
 pub fn prune(
     repo: &Maintainer,
     cfg: &RetentionConfig,
@@ -243,19 +244,12 @@ pub fn prune(
     let mut pruned = Vec::new();
     for d in decisions.iter().filter(|d| !d.kept()) {
         if !dry_run {
-            match trash::move_to_trash(repo, &d.id, now) {
-                Ok(name) => {
-                    tracing::info!(snapshot = %d.id, trash = %name, "snapshot pruned");
-                    testhook::pause(testhook::PRUNE_AFTER_FIRST_MOVE);
-                }
-                // Moved by a concurrent prune meanwhile.
-                Err(RepoError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e),
+            // False: trashed (or purged) by a concurrent prune meanwhile.
+            if !trash::put(repo, &d.id, now)? {
+                continue;
             }
+            tracing::info!(snapshot = %d.id, "snapshot pruned");
+            testhook::pause(testhook::PRUNE_AFTER_FIRST_MOVE);
         }
         pruned.push(d.id.clone());
     }

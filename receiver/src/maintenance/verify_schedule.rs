@@ -29,7 +29,7 @@ use crate::maintenance::verify_state::{self, Tracked, VerifyState, MAX_AFFECTED,
 use crate::monitoring::audit::AuditLog;
 use crate::monitoring::monitor::Monitor;
 use crate::operator::progress::Progress;
-use crate::store::backend::Space;
+use crate::store::records::quarantine::Quarantined;
 use crate::store::repository::{Maintainer, RepoError};
 
 /// How often the schedule looks at the receiver's clock.
@@ -49,7 +49,7 @@ pub struct PassOutcome {
     /// Chunks declared lost for good by this pass.
     pub lost: Vec<Tracked>,
     /// Files in `REPO/quarantine`.
-    pub quarantined: u64,
+    pub quarantined: Option<u64>,
 }
 
 impl PassOutcome {
@@ -135,10 +135,16 @@ fn track(d: &Damage, now: DateTime<Utc>) -> Tracked {
     }
 }
 
-fn quarantined_files(repo: &Maintainer) -> u64 {
-    repo.store()
-        .list(Space::Quarantine)
-        .map_or(0, |names| names.len() as u64)
+/// How many chunk copies are in quarantine; `None` (no metric, never a false 0) when the
+/// store cannot list them.
+fn quarantined_files(repo: &Maintainer) -> Option<u64> {
+    match repo.keys::<Quarantined>() {
+        Ok(keys) => Some(keys.len() as u64),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot count the quarantined chunks");
+            None
+        }
+    }
 }
 
 /// Whether a pass is due at `now`.
@@ -180,6 +186,14 @@ pub fn run_pass(
         .iter()
         .filter_map(|t| ChunkId::from_hex(&t.chunk).ok())
         .collect();
+    // The heal: a quarantined chunk that is back is read back before it counts. A store
+    // that cannot say whether it is back stops the pass.
+    let mut back = BTreeSet::new();
+    for id in &pending {
+        if repo.has_chunk(id)? {
+            back.insert(*id);
+        }
+    }
     let mut sweep_last = None;
     let mut sweep_read = 0u64;
     let mut sweep_left = 0usize;
@@ -195,8 +209,7 @@ pub fn run_pass(
                     .map(|(id, _)| *id),
             );
         }
-        // The heal: a quarantined chunk that is back is read back before it counts.
-        chosen.extend(pending.iter().filter(|id| repo.has_chunk(id)).copied());
+        chosen.extend(back.iter().copied());
         let rest: Vec<ChunkId> = claimed
             .keys()
             .filter(|id| cursor.is_none_or(|c| **id > c) && !chosen.contains(*id))
@@ -247,10 +260,15 @@ pub fn run_pass(
     let mut still = Vec::new();
     for t in std::mem::take(&mut state.pending) {
         let Some(d) = damaged.get(t.chunk.as_str()) else {
-            match ChunkId::from_hex(&t.chunk) {
-                Ok(id) if repo.has_chunk(&id) => outcome.healed.push(t.chunk.clone()),
+            let present = match ChunkId::from_hex(&t.chunk) {
+                Ok(id) => repo.has_chunk(&id)?,
+                Err(_) => false,
+            };
+            if present {
+                outcome.healed.push(t.chunk.clone());
+            } else {
                 // No longer referenced by any snapshot (pruned): nothing to follow.
-                _ => tracing::info!(chunk = %t.chunk, "damaged chunk no longer referenced"),
+                tracing::info!(chunk = %t.chunk, "damaged chunk no longer referenced");
             }
             continue;
         };
@@ -364,30 +382,48 @@ pub fn spawn(
         return VerifySchedule(None);
     }
     let task = tokio::spawn(async move {
-        let loaded = {
-            let repo = repo.clone();
-            tokio::task::spawn_blocking(move || verify_state::load(&repo))
-                .await
-                .ok()
-                .flatten()
-        };
-        let mut state = match loaded {
-            Some(s) => {
-                monitor.verify_restored(&s);
-                s
-            }
-            None => VerifyState::fresh(clock()),
-        };
+        // Loaded before the first pass; a store that cannot say what was remembered
+        // (unlike a state that is unreadable garbage) is retried, never taken for "nothing
+        // remembered": a fresh state's save would remove the one it could not read.
+        let mut loaded: Option<VerifyState> = None;
         // After a failed pass: not again before this (receiver clock).
         let mut retry_at: Option<DateTime<Utc>> = None;
         let retry_after = chrono::Duration::from_std(cfg.interval).unwrap_or(chrono::Duration::MAX);
         loop {
             tokio::time::sleep(POLL).await;
             let now = clock();
-            if !due(&state, &cfg, now) || retry_at.is_some_and(|t| now < t) {
+            if retry_at.is_some_and(|t| now < t) {
                 continue;
             }
-            let (repo2, cfg2, mut st) = (repo.clone(), cfg.clone(), state.clone());
+            let state = match loaded.take() {
+                Some(s) => s,
+                None => {
+                    let repo = repo.clone();
+                    match tokio::task::spawn_blocking(move || verify_state::load(&repo)).await {
+                        Ok(Ok(Some(s))) => {
+                            monitor.verify_restored(&s);
+                            s
+                        }
+                        Ok(Ok(None)) => VerifyState::fresh(now),
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "cannot read the verify state");
+                            monitor.verify_failed(&format!("cannot read the verify state: {e}"));
+                            retry_at = now.checked_add_signed(retry_after);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "verify state task failed");
+                            retry_at = now.checked_add_signed(retry_after);
+                            continue;
+                        }
+                    }
+                }
+            };
+            loaded = Some(state.clone());
+            if !due(&state, &cfg, now) {
+                continue;
+            }
+            let (repo2, cfg2, mut st) = (repo.clone(), cfg.clone(), state);
             let done = tokio::task::spawn_blocking(move || {
                 let outcome = run_pass(&repo2, &cfg2, &mut st, now);
                 if outcome.is_ok() {
@@ -400,10 +436,10 @@ pub fn spawn(
             .await;
             match done {
                 Ok((Ok(outcome), st)) => {
-                    state = st;
                     retry_at = None;
-                    record(&outcome, &state, &audit, now);
-                    monitor.verify_pass(&state, &outcome);
+                    record(&outcome, &st, &audit, now);
+                    monitor.verify_pass(&st, &outcome);
+                    loaded = Some(st);
                 }
                 Ok((Err(e), _)) => {
                     tracing::error!(error = %e, "scheduled verification failed");

@@ -7,14 +7,15 @@
 //! Kept in the store's `verify-state` space as numbered objects, each created once
 //! (`<pass:020>.json`): a save creates the next one, then removes the older ones, so a
 //! crash leaves the old state or the new one and nothing is ever replaced in place. The
-//! state is advisory: an unreadable one is logged and replaced by a fresh cycle, never a
-//! reason not to serve.
+//! state is advisory: one that is not a state this receiver reads is logged and replaced
+//! by a fresh cycle, never a reason not to serve; a store that cannot read it at all is an
+//! error the schedule retries (its fresh save would remove what it could not read).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::maintenance::verify::{Affected, Problem};
-use crate::store::backend::Space;
+use crate::store::records::verify_state::VerifyStateSave;
 use crate::store::repository::{Maintainer, RepoError};
 
 const FORMAT: u32 = 1;
@@ -94,47 +95,36 @@ impl VerifyState {
 /// Saved states kept: the newest, and the one before while a save is under way.
 const KEEP: usize = 1;
 
-fn number(name: &str) -> Option<u64> {
-    name.strip_suffix(".json")?.parse().ok()
+/// The saved states' numbers, oldest first.
+fn saved(repo: &Maintainer) -> Result<Vec<u64>, RepoError> {
+    Ok(repo.keys::<VerifyStateSave>()?)
 }
 
-/// The saved states' names, oldest first.
-fn saved(repo: &Maintainer) -> Result<Vec<(u64, String)>, RepoError> {
-    let mut names: Vec<(u64, String)> = repo
-        .store()
-        .list(Space::VerifyState)?
-        .into_iter()
-        .filter_map(|n| number(&n).map(|k| (k, n)))
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
-/// The remembered state, if there is a readable one.
-pub fn load(repo: &Maintainer) -> Option<VerifyState> {
-    let read = || -> Result<Option<VerifyState>, String> {
-        let Some((_, name)) = saved(repo).map_err(|e| e.to_string())?.pop() else {
-            return Ok(None);
-        };
-        let bytes = repo
-            .store()
-            .read_object(Space::VerifyState, &name)
-            .map_err(|e| e.to_string())?
-            .ok_or("it vanished while being read")?;
+/// The remembered state: `None` when there is none, or when the newest is not a state
+/// this receiver reads (logged; the schedule starts a fresh cycle). A store that cannot
+/// list or read it is an error: the caller tries again rather than forget.
+pub fn load(repo: &Maintainer) -> Result<Option<VerifyState>, RepoError> {
+    let Some(number) = saved(repo)?.pop() else {
+        return Ok(None);
+    };
+    let Some(save) = repo.read::<VerifyStateSave>(&number)? else {
+        return Ok(None); // removed by a newer save meanwhile
+    };
+    let decode = |bytes: &[u8]| -> Result<VerifyState, String> {
         if bytes.len() as u64 > MAX_FILE_BYTES {
             return Err(format!("{} bytes, more than {MAX_FILE_BYTES}", bytes.len()));
         }
-        let state: VerifyState = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let state: VerifyState = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if state.format != FORMAT {
             return Err(format!("format {} (expected {FORMAT})", state.format));
         }
-        Ok(Some(state))
+        Ok(state)
     };
-    match read() {
-        Ok(state) => state,
+    match decode(&save.bytes) {
+        Ok(state) => Ok(Some(state)),
         Err(e) => {
             tracing::error!(store = %repo.describe(), error = %e, "verify state unreadable; starting a new cycle");
-            None
+            Ok(None)
         }
     }
 }
@@ -143,12 +133,13 @@ pub fn load(repo: &Maintainer) -> Option<VerifyState> {
 pub fn save(repo: &Maintainer, state: &VerifyState) -> Result<(), RepoError> {
     let bytes = serde_json::to_vec_pretty(state).expect("verify state serializes");
     let old = saved(repo)?;
-    let next = old.last().map_or(1, |(k, _)| k + 1);
-    repo.store()
-        .create_object(Space::VerifyState, &format!("{next:020}.json"), &bytes)?;
-    for (_, name) in old.iter().rev().skip(KEEP.saturating_sub(1)).rev() {
-        repo.maintain_store()
-            .remove_object(Space::VerifyState, name)?;
+    let next = old.last().map_or(1, |k| k + 1);
+    repo.create(&VerifyStateSave {
+        number: next,
+        bytes,
+    })?;
+    for number in old.iter().rev().skip(KEEP.saturating_sub(1)).rev() {
+        repo.remove::<VerifyStateSave>(number)?;
     }
     Ok(())
 }
@@ -161,7 +152,7 @@ mod tests {
     #[test]
     fn the_state_survives_a_round_trip_and_a_bad_one_means_a_fresh_start() {
         let repo = Maintainer::new(MemStore::default());
-        assert_eq!(load(&repo), None);
+        assert_eq!(load(&repo).unwrap(), None);
         let t: DateTime<Utc> = "2026-03-01T02:00:00Z".parse().unwrap();
         let mut s = VerifyState::fresh(t);
         s.cursor = Some("ab".repeat(32));
@@ -169,18 +160,17 @@ mod tests {
         save(&repo, &s).unwrap();
         s.passes = 4;
         save(&repo, &s).unwrap();
-        assert_eq!(load(&repo), Some(s.clone()));
+        assert_eq!(load(&repo).unwrap(), Some(s.clone()));
         // Only the newest is kept.
-        assert_eq!(
-            repo.store().list(Space::VerifyState).unwrap(),
-            [format!("{:020}.json", 2)]
-        );
-        repo.store()
-            .create_object(Space::VerifyState, &format!("{:020}.json", 3), b"{not json")
-            .unwrap();
-        assert_eq!(load(&repo), None);
+        assert_eq!(repo.keys::<VerifyStateSave>().unwrap(), [2]);
+        repo.create(&VerifyStateSave {
+            number: 3,
+            bytes: b"{not json".to_vec(),
+        })
+        .unwrap();
+        assert_eq!(load(&repo).unwrap(), None);
         // The next save after a bad one starts over cleanly.
         save(&repo, &s).unwrap();
-        assert_eq!(load(&repo), Some(s));
+        assert_eq!(load(&repo).unwrap(), Some(s));
     }
 }

@@ -85,8 +85,8 @@ struct ManifestSums {
 struct RepoStats {
     snapshot_ids: Vec<String>,
     manifests: Option<ManifestSums>,
-    chunks: u64,
-    stored_bytes: u64,
+    /// Chunks and their stored bytes, when the walk read every one.
+    chunks: Option<(u64, u64)>,
     free_bytes: Option<u64>,
 }
 
@@ -252,16 +252,20 @@ impl Monitor {
                 .map(|()| sums)
             })
             .flatten();
+        // A walk that failed half-way is not a count: the last whole one stays.
         let (mut chunks, mut stored_bytes) = (0, 0);
-        let walked = repo.store().for_each_chunk(&mut |_, size| {
+        let walked = repo.for_each_chunk(&mut |_, size| {
             chunks += 1;
             stored_bytes += size;
         });
-        if let Err(e) = walked {
-            tracing::warn!(error = %e, "monitor: cannot list chunks");
-        }
+        let chunks = match walked {
+            Ok(()) => Some((chunks, stored_bytes)),
+            Err(e) => {
+                tracing::warn!(error = %e, "monitor: cannot list chunks");
+                None
+            }
+        };
         let free_bytes = repo
-            .store()
             .free_space()
             .map_err(|e| tracing::warn!(error = %e, "monitor: statvfs failed"))
             .ok();
@@ -269,7 +273,6 @@ impl Monitor {
             snapshot_ids,
             manifests,
             chunks,
-            stored_bytes,
             free_bytes,
         }
     }
@@ -292,8 +295,10 @@ impl Monitor {
                 st.last_snapshot = Some(newest);
             }
         }
-        st.chunks = stats.chunks;
-        st.stored_bytes = stats.stored_bytes;
+        if let Some((chunks, stored_bytes)) = stats.chunks {
+            st.chunks = chunks;
+            st.stored_bytes = stored_bytes;
+        }
         st.free_bytes = stats.free_bytes;
 
         let mut active = BTreeMap::new();

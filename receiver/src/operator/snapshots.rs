@@ -5,7 +5,7 @@ use serde::Serialize;
 use backup_common::manifest::Manifest;
 use backup_common::term::escape;
 
-use crate::store::repository::Repository;
+use crate::store::repository::{RepoError, Repository};
 use crate::store::verdicts;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -29,22 +29,24 @@ pub struct SnapshotRow {
 
 impl SnapshotRow {
     /// The row with the operator's and the drill's verdicts from `repo`.
-    pub fn with_verdicts(mut self, repo: &Repository) -> Self {
-        let contested = verdicts::is_contested(repo, &self.id);
+    /// A verdict that cannot be read is an error: the list never shows "good" for a
+    /// snapshot whose rejection it could not read.
+    pub fn with_verdicts(mut self, repo: &Repository) -> Result<Self, RepoError> {
+        let contested = verdicts::is_contested(repo, &self.id)?;
         if contested && self.suspect.is_none() {
             self.suspect = Some("contested: another commit of its day was refused".into());
         }
-        self.status = if verdicts::is_rejected(repo, &self.id) {
+        self.status = if verdicts::is_rejected(repo, &self.id)? {
             "rejected"
         } else if self.suspect.is_none() {
             "good"
-        } else if verdicts::is_acknowledged(repo, &self.id) {
+        } else if verdicts::is_acknowledged(repo, &self.id)? {
             "acknowledged"
         } else {
             "suspect"
         };
-        self.drilled = verdicts::drill_passed(repo, &self.id);
-        self
+        self.drilled = verdicts::drill_passed(repo, &self.id)?;
+        Ok(self)
     }
 }
 

@@ -32,8 +32,8 @@ struct SessionFacts<'a> {
 }
 
 impl StoreFacts for SessionFacts<'_> {
-    fn usable(&self, id: &ChunkId) -> bool {
-        (self.known.contains(id) || self.own.contains(id)) && self.repo.has_chunk(id)
+    fn usable(&self, id: &ChunkId) -> Result<bool, RepoError> {
+        Ok((self.known.contains(id) || self.own.contains(id)) && self.repo.has_chunk(id)?)
     }
 
     fn read(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, RepoError> {
@@ -45,14 +45,14 @@ impl StoreFacts for SessionFacts<'_> {
     }
 
     fn older_good(&self, visit: &mut dyn FnMut(&Manifest) -> bool) -> Result<(), RepoError> {
-        self.repo.for_each_manifest_newest_first(|m| {
+        self.repo.try_for_each_manifest_newest_first(|m| {
             if Some(&m.id) == self.base.as_ref()
                 || !m.content_verified()
-                || !crate::store::verdicts::is_good(self.repo, &m)
+                || !crate::store::verdicts::is_good(self.repo, &m)?
             {
-                return true;
+                return Ok(true);
             }
-            visit(&m)
+            Ok(visit(&m))
         })
     }
 }

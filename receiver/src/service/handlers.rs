@@ -116,14 +116,23 @@ impl Backup for BackupService {
         // or quarantined are left out, so the sender reads them again and the chunk heals.
         // The chunks of the objects the sender will carry over are touched, for GC.
         let now = SystemTime::from((self.clock)());
-        let latest = tokio::task::spawn_blocking(move || {
-            repo.latest_good().map(|m| {
-                m.filter(Manifest::content_verified).map(|mut m| {
-                    m.objects
-                        .retain(|o| o.chunks.iter().all(|c| repo.touch_chunk(&c.id, now)));
-                    m
-                })
-            })
+        let latest = tokio::task::spawn_blocking(move || -> Result<Option<Manifest>, RepoError> {
+            let Some(mut m) = repo.latest_good()?.filter(Manifest::content_verified) else {
+                return Ok(None);
+            };
+            // A chunk the store cannot mark is an error for the whole call: offering the
+            // object would let the sender skip it on a chunk GC may take.
+            let mut kept = Vec::with_capacity(m.objects.len());
+            'objects: for o in std::mem::take(&mut m.objects) {
+                for c in &o.chunks {
+                    if !repo.touch_chunk(&c.id, now)? {
+                        continue 'objects;
+                    }
+                }
+                kept.push(o);
+            }
+            m.objects = kept;
+            Ok(Some(m))
         })
         .await
         .map_err(join_status)?
@@ -182,12 +191,15 @@ impl Backup for BackupService {
         let now = SystemTime::from((self.clock)());
         let missing = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<u8>>, RepoError> {
             let known = known.current(&repo)?;
-            Ok(ids
-                .into_iter()
-                .zip(own)
-                .filter(|(id, own)| !((*own || known.contains(id)) && repo.touch_chunk(id, now)))
-                .map(|(id, _)| id.0.to_vec())
-                .collect())
+            let mut missing = Vec::new();
+            for (id, own) in ids.into_iter().zip(own) {
+                // A chunk the store cannot look up or mark fails the call, never reads as
+                // present (GC might take it) or as missing.
+                if !((own || known.contains(&id)) && repo.touch_chunk(&id, now)?) {
+                    missing.push(id.0.to_vec());
+                }
+            }
+            Ok(missing)
         })
         .await
         .map_err(join_status)?

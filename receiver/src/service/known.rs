@@ -16,7 +16,7 @@ use backup_common::chunk::ChunkId;
 use backup_common::manifest::Manifest;
 
 use crate::store::repository::{RepoError, Repository};
-use crate::store::verdicts::{self, Kind};
+use crate::store::verdicts::{self, Acked, Contested, Rejected};
 
 /// What the cached set was built from: snapshot ids, acks, rejects and contested days.
 type Fingerprint = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
@@ -29,9 +29,9 @@ pub struct KnownChunks {
 fn fingerprint(repo: &Repository) -> Result<Fingerprint, RepoError> {
     Ok((
         repo.snapshot_ids()?,
-        verdicts::ids(repo, Kind::Ack)?,
-        verdicts::ids(repo, Kind::Reject)?,
-        verdicts::ids(repo, Kind::Contested)?,
+        verdicts::ids::<Acked>(repo)?,
+        verdicts::ids::<Rejected>(repo)?,
+        verdicts::ids::<Contested>(repo)?,
     ))
 }
 
@@ -45,11 +45,11 @@ impl KnownChunks {
             }
         }
         let mut set = HashSet::new();
-        repo.for_each_manifest(|m| {
-            if verdicts::is_good(repo, &m) {
+        repo.try_for_each_manifest(|m| {
+            if verdicts::is_good(repo, &m)? {
                 set.extend(m.chunk_refs().map(|r| r.id));
             }
-            true
+            Ok::<_, RepoError>(true)
         })?;
         let set = Arc::new(set);
         // Built from at least `now`; a change meanwhile makes the next call rebuild.

@@ -8,7 +8,8 @@
 //! manifest, snapshot id) in `commit`, the per-day cap in `daily_cap`, and the announcement
 //! of a committed snapshot in `announce`. What a commit claims is checked in [`validate`]
 //! before it becomes a manifest; what the network may learn about stored chunks is limited
-//! to [`known`] ones.
+//! to [`known`] ones. The service is built with the append capability only, by `serve`'s
+//! composition root outside this folder (crate::serve).
 
 pub mod admission;
 mod announce;
@@ -20,7 +21,6 @@ pub mod handlers;
 mod known;
 mod refusals;
 mod replay;
-pub mod server;
 mod sessions;
 pub(crate) mod status;
 mod uploads;

@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 use crate::service::admission::quota::QuotaError;
 use crate::service::admission::Refusal as Admission;
 use crate::service::validate::Refusal;
+use crate::store::error::StoreErrorKind;
 use crate::store::repository::RepoError;
 
 /// Why the service answered a request with an error.
@@ -91,13 +92,18 @@ fn store(e: RepoError) -> Status {
             Reason::MissingChunks,
         ),
         RepoError::NoSuchSnapshot(_) | RepoError::Empty => Status::not_found(e.to_string()),
-        RepoError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
-            tracing::error!(error = %e, "repository filesystem is full");
+        RepoError::Store(ref s) if s.kind() == StoreErrorKind::NoSpace => {
+            tracing::error!(error = %e, "repository storage is full");
             contract::status(
                 Code::ResourceExhausted,
                 format!("receiver storage is full: {e}"),
                 Reason::LimitExceeded,
             )
+        }
+        // The store did not answer: the sender retries later, as after a cut connection.
+        RepoError::Store(ref s) if s.kind() == StoreErrorKind::Unavailable => {
+            tracing::error!(error = %e, "repository storage unavailable");
+            Status::unavailable(format!("receiver storage unavailable: {e}"))
         }
         _ => {
             tracing::error!(error = %e, "repository error");
@@ -106,8 +112,8 @@ fn store(e: RepoError) -> Status {
     }
 }
 
-pub(super) fn repo_status(e: RepoError) -> Status {
-    ServiceError::Store(e).into()
+pub(super) fn repo_status(e: impl Into<RepoError>) -> Status {
+    ServiceError::Store(e.into()).into()
 }
 
 pub(super) fn refusal_status(r: Refusal) -> Status {

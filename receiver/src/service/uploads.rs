@@ -11,7 +11,7 @@ use backup_common::durable::Published;
 use backup_common::proto;
 use tonic::Status;
 
-use super::status::{join_status, ServiceError};
+use super::status::{join_status, repo_status, ServiceError};
 use super::BackupService;
 use crate::service::admission::Peer;
 use crate::store::repository::Repository;
@@ -56,7 +56,7 @@ impl BackupService {
         // and must be reported, not silently dropped.
         chunk::check_chunk(id, up.zstd, &up.data, up.raw_len as usize)
             .map_err(|e| Status::invalid_argument(format!("chunk rejected: {e}")))?;
-        if repo.touch_chunk(&id, now) {
+        if repo.touch_chunk(&id, now).map_err(repo_status)? {
             return Ok(None);
         }
         Ok(Some(id))

@@ -76,8 +76,9 @@ fn hexes(ids: &[ChunkId]) -> String {
 
 /// What the validation needs from the repository.
 pub trait StoreFacts {
-    /// The chunk exists and this session may reference it.
-    fn usable(&self, id: &ChunkId) -> bool;
+    /// The chunk exists and this session may reference it. A store that cannot say is an
+    /// error, so a commit is never refused (or accepted) on a failed lookup.
+    fn usable(&self, id: &ChunkId) -> Result<bool, RepoError>;
     /// The chunk's raw bytes, checked against its id; `None` when it is not stored.
     fn read(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, RepoError>;
     /// Calls `visit` with the good, measured snapshots older than the delta base, newest
@@ -405,15 +406,19 @@ fn check_presence(
     store: &dyn StoreFacts,
 ) -> Result<(), Refusal> {
     let mut seen = HashSet::new();
-    let missing: Vec<ChunkId> = dump
+    let mut missing: Vec<ChunkId> = Vec::new();
+    let refs = dump
         .iter()
         .flat_map(|d| d.chunks.iter())
-        .chain(objects.iter().flat_map(|o| o.chunks.iter()))
-        .filter(|r| seen.insert(r.id))
-        .filter(|r| !store.usable(&r.id))
-        .map(|r| r.id)
-        .take(MISSING_SHOWN)
-        .collect();
+        .chain(objects.iter().flat_map(|o| o.chunks.iter()));
+    for r in refs.filter(|r| seen.insert(r.id)) {
+        if !store.usable(&r.id)? {
+            missing.push(r.id);
+            if missing.len() == MISSING_SHOWN {
+                break;
+            }
+        }
+    }
     if missing.is_empty() {
         Ok(())
     } else {

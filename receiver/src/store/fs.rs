@@ -5,15 +5,17 @@
 //! REPO/chunks/ab/abcdef…      one file per chunk (tag byte + raw or zstd payload), mode 0400
 //! REPO/<space>/<name>         metadata objects (see `Space`), write-once, mode 0400
 //! REPO/tmp/                   staging for write-once publishes (same file system)
-//! REPO/locks/mark.lock        the mark lock (flock), taken by gc's mark and `undelete`
+//! REPO/locks/mark.lock        the mark lock (flock), taken by gc's mark, `undelete` and
+//!                             the trash's purge
 //! ```
 //!
 //! How the interface's neutral terms are made of file-system facts: "in use at t" is the
 //! chunk file's mtime (moved forward only), the write barrier is one fsync per chunk
 //! directory that received names since the last one, create-if-absent is
-//! `durable::write_once` (a hard link, which cannot replace), and "move without replacing"
-//! is a hard link to the new name, then the old name's removal, each followed by a
-//! directory fsync.
+//! `durable::write_once` (a hard link, which cannot replace), and quarantine is a hard
+//! link into `quarantine/`, then the chunk name's removal, each followed by a directory
+//! fsync. Nothing else is ever renamed. Every errno becomes a `StoreError` in
+//! [`errno`]: ENOENT is the only one a query turns into "absent".
 
 use std::collections::HashMap;
 use std::fs;
@@ -29,8 +31,10 @@ use backup_common::manifest::FORMAT_VERSION;
 use serde::{Deserialize, Serialize};
 
 use crate::store::backend::{valid_name, AppendStore, LockGuard, MaintainStore, Space, Swept};
-use crate::store::repository::RepoError;
+use crate::store::error::{StoreError, StoreErrorKind};
 use crate::testhook;
+
+mod errno;
 
 pub const MARKER: &str = "repository.json";
 
@@ -40,11 +44,41 @@ struct Marker {
     kind: String,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io {
-        path: path.to_path_buf(),
-        source,
+/// Maps an `io::Error` at `path` of the repository at `root`.
+fn io_err<'a>(root: &'a Path, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |e| errno::store_error(root, path, e)
+}
+
+/// `Ok(None)` for ENOENT, the error otherwise.
+fn absent_ok<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
+}
+
+/// Why `root` cannot be opened as a repository, when it cannot.
+fn check_marker(root: &Path) -> Result<(), StoreError> {
+    let marker = root.join(MARKER);
+    match fs::metadata(&marker) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(no_repository(root, &format!("{MARKER} is not a file"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(match fs::metadata(root) {
+            Ok(m) if m.is_dir() => no_repository(root, &format!("it has no {MARKER}")),
+            Ok(_) => no_repository(root, "it is not a directory"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                no_repository(root, "it does not exist")
+            }
+            Err(e) => errno::store_error(root, root, e),
+        }),
+        Err(e) => Err(errno::store_error(root, &marker, e)),
+    }
+}
+
+fn no_repository(root: &Path, why: &str) -> StoreError {
+    StoreError::new(StoreErrorKind::NotFound, root.display().to_string())
+        .with_message(format!("no repository at {} ({why})", root.display()))
 }
 
 /// The file of chunk `id` under repository `root` (for messages and tests that damage
@@ -67,35 +101,35 @@ pub struct FsStore {
 
 impl FsStore {
     /// Opens an existing repository.
-    pub fn open(root: &Path) -> Result<Self, RepoError> {
-        if !root.join(MARKER).is_file() {
-            return Err(RepoError::NotARepository {
-                path: root.to_path_buf(),
-            });
-        }
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        check_marker(root)?;
         let store = FsStore {
             root: root.to_path_buf(),
             unsynced: Arc::default(),
             first_barrier: Arc::new(Mutex::new(true)),
         };
         for dir in [store.chunks_dir(), root.join("snapshots"), store.tmp_dir()] {
-            durable::create_private_dir_all(&dir).map_err(io_err(&dir))?;
+            durable::create_private_dir_all(&dir).map_err(io_err(root, &dir))?;
         }
         Ok(store)
     }
 
-    /// Opens the repository at `root`, creating an empty one if there is none.
-    pub fn open_or_init(root: &Path) -> Result<Self, RepoError> {
-        if !root.join(MARKER).is_file() {
-            durable::create_private_dir_all(root).map_err(io_err(root))?;
+    /// Opens the repository at `root`, creating an empty one if there is none (only when
+    /// there is none: a marker that cannot be read is an error, not an absence).
+    pub fn open_or_init(root: &Path) -> Result<Self, StoreError> {
+        if let Err(e) = check_marker(root) {
+            if !e.is_not_found() {
+                return Err(e);
+            }
+            durable::create_private_dir_all(root).map_err(io_err(root, root))?;
             let tmp = root.join("tmp");
-            durable::create_private_dir_all(&tmp).map_err(io_err(&tmp))?;
+            durable::create_private_dir_all(&tmp).map_err(io_err(root, &tmp))?;
             let marker = serde_json::to_vec_pretty(&Marker {
                 format: FORMAT_VERSION,
                 kind: "familienarchiv-backup".into(),
             })
             .expect("marker serializes");
-            durable::write_once(&tmp, root, MARKER, &marker).map_err(io_err(root))?;
+            durable::write_once(&tmp, root, MARKER, &marker).map_err(io_err(root, root))?;
         }
         Self::open(root)
     }
@@ -112,34 +146,38 @@ impl FsStore {
     fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         chunk_path(&self.root, id)
     }
-    fn object_path(&self, space: Space, name: &str) -> Result<PathBuf, RepoError> {
+    fn err<'a>(&'a self, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+        io_err(&self.root, path)
+    }
+    fn object_path(&self, space: Space, name: &str) -> Result<PathBuf, StoreError> {
         if !valid_name(name) {
-            return Err(RepoError::Io {
-                path: self.root.join(space.dir()),
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{name:?} is not an object name"),
-                ),
-            });
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                self.root.join(space.dir()).display().to_string(),
+            )
+            .with_detail(format!("{name:?} is not an object name")));
         }
         Ok(self.root.join(space.dir()).join(name))
     }
 
-    fn chunk_dirs(&self) -> Result<Vec<PathBuf>, RepoError> {
+    /// The chunk directories (`chunks/ab`), sorted; one that cannot be listed is an error.
+    fn chunk_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
         let chunks = self.chunks_dir();
-        let mut dirs: Vec<_> = fs::read_dir(&chunks)
-            .map_err(io_err(&chunks))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
+        let mut dirs = Vec::new();
+        for entry in fs::read_dir(&chunks).map_err(self.err(&chunks))? {
+            let entry = entry.map_err(self.err(&chunks))?;
+            let path = entry.path();
+            if entry.file_type().map_err(self.err(&path))?.is_dir() {
+                dirs.push(path);
+            }
+        }
         dirs.sort();
         Ok(dirs)
     }
 
-    fn sync_all_chunk_dirs(&self) -> Result<(), RepoError> {
+    fn sync_all_chunk_dirs(&self) -> Result<(), StoreError> {
         for dir in self.chunk_dirs()? {
-            durable::sync_dir(&dir).map_err(io_err(&dir))?;
+            durable::sync_dir(&dir).map_err(self.err(&dir))?;
         }
         Ok(())
     }
@@ -148,12 +186,12 @@ impl FsStore {
     /// `visit` returns whether it removed something from that directory.
     fn walk_chunks(
         &self,
-        mut visit: impl FnMut(ChunkId, PathBuf) -> Result<bool, RepoError>,
-    ) -> Result<(), RepoError> {
+        mut visit: impl FnMut(ChunkId, PathBuf) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         for dir in self.chunk_dirs()? {
             let mut removed_here = false;
-            for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-                let entry = entry.map_err(io_err(&dir))?;
+            for entry in fs::read_dir(&dir).map_err(self.err(&dir))? {
+                let entry = entry.map_err(self.err(&dir))?;
                 let Some(id) = entry
                     .file_name()
                     .to_str()
@@ -164,7 +202,7 @@ impl FsStore {
                 removed_here |= visit(id, entry.path())?;
             }
             if removed_here {
-                durable::sync_dir(&dir).map_err(io_err(&dir))?;
+                durable::sync_dir(&dir).map_err(self.err(&dir))?;
             }
         }
         Ok(())
@@ -176,23 +214,26 @@ fn mtime(path: &Path) -> io::Result<SystemTime> {
 }
 
 impl AppendStore for FsStore {
-    fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.chunk_path(id).is_file()
+    fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let path = self.chunk_path(id);
+        Ok(absent_ok(fs::metadata(&path))
+            .map_err(self.err(&path))?
+            .is_some_and(|m| m.is_file()))
     }
 
-    fn mark_in_use(&self, id: &ChunkId, at: SystemTime) -> bool {
-        let Ok(file) = fs::File::open(self.chunk_path(id)) else {
-            return false;
+    fn mark_in_use(&self, id: &ChunkId, at: SystemTime) -> Result<bool, StoreError> {
+        let path = self.chunk_path(id);
+        let Some(file) = absent_ok(fs::File::open(&path)).map_err(self.err(&path))? else {
+            return Ok(false);
         };
-        match file.metadata().and_then(|m| m.modified()) {
-            Ok(mtime) if mtime >= at => {}
-            _ => {
-                if let Err(e) = file.set_modified(at) {
-                    tracing::warn!(chunk = %id, error = %e, "cannot refresh chunk mtime");
-                }
-            }
+        let mtime = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(self.err(&path))?;
+        if mtime < at {
+            file.set_modified(at).map_err(self.err(&path))?;
         }
-        true
+        Ok(true)
     }
 
     fn put_chunk(
@@ -200,12 +241,15 @@ impl AppendStore for FsStore {
         id: &ChunkId,
         parts: &[&[u8]],
         at: SystemTime,
-    ) -> Result<Published, RepoError> {
+    ) -> Result<Published, StoreError> {
         let path = self.chunk_path(id);
         let dir = path.parent().expect("chunk path has a parent");
-        if !dir.is_dir() {
-            durable::create_private_dir_all(dir).map_err(io_err(dir))?;
-            durable::sync_dir(&self.chunks_dir()).map_err(io_err(dir))?;
+        if absent_ok(fs::metadata(dir))
+            .map_err(self.err(dir))?
+            .is_none()
+        {
+            durable::create_private_dir_all(dir).map_err(self.err(dir))?;
+            durable::sync_dir(&self.chunks_dir()).map_err(self.err(dir))?;
         }
         let name = path.file_name().and_then(|n| n.to_str()).expect("hex name");
         let published = durable::write_once_unsynced_dir(&self.tmp_dir(), dir, name, |f| {
@@ -214,7 +258,7 @@ impl AppendStore for FsStore {
             }
             f.set_modified(at)
         })
-        .map_err(io_err(&path))?;
+        .map_err(self.err(&path))?;
         if published == Published::Created {
             *self
                 .unsynced
@@ -226,7 +270,7 @@ impl AppendStore for FsStore {
         Ok(published)
     }
 
-    fn barrier(&self) -> Result<(), RepoError> {
+    fn barrier(&self) -> Result<(), StoreError> {
         {
             let mut first = self.first_barrier.lock().unwrap();
             if *first {
@@ -242,7 +286,7 @@ impl AppendStore for FsStore {
             .map(|(d, n)| (d.clone(), *n))
             .collect();
         for (dir, count) in pending {
-            durable::sync_dir(&dir).map_err(io_err(&dir))?;
+            durable::sync_dir(&dir).map_err(self.err(&dir))?;
             let mut unsynced = self.unsynced.lock().unwrap();
             // A publish that raced with this fsync bumped the count: keep the entry.
             if unsynced.get(&dir) == Some(&count) {
@@ -252,22 +296,22 @@ impl AppendStore for FsStore {
         Ok(())
     }
 
-    fn read_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, RepoError> {
+    fn read_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.chunk_path(id);
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(RepoError::Io { path, source }),
-        }
+        absent_ok(fs::read(&path)).map_err(self.err(&path))
     }
 
-    fn chunk_size(&self, id: &ChunkId) -> Option<u64> {
-        fs::metadata(self.chunk_path(id)).ok().map(|m| m.len())
+    fn chunk_size(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
+        let path = self.chunk_path(id);
+        Ok(absent_ok(fs::metadata(&path))
+            .map_err(self.err(&path))?
+            .map(|m| m.len()))
     }
 
-    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkId, u64)) -> Result<(), RepoError> {
+    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkId, u64)) -> Result<(), StoreError> {
         self.walk_chunks(|id, path| {
-            if let Ok(md) = fs::metadata(&path) {
+            // Gone since the directory was listed (a sweep): not a chunk any more.
+            if let Some(md) = absent_ok(fs::metadata(&path)).map_err(self.err(&path))? {
                 if md.is_file() {
                     visit(id, md.len());
                 }
@@ -281,44 +325,45 @@ impl AppendStore for FsStore {
         space: Space,
         name: &str,
         bytes: &[u8],
-    ) -> Result<Published, RepoError> {
+    ) -> Result<Published, StoreError> {
         let path = self.object_path(space, name)?;
         let dir = path.parent().expect("object has a directory");
-        durable::create_private_dir_all(dir).map_err(io_err(dir))?;
-        durable::write_once(&self.tmp_dir(), dir, name, bytes).map_err(io_err(dir))
+        durable::create_private_dir_all(dir).map_err(self.err(dir))?;
+        durable::write_once(&self.tmp_dir(), dir, name, bytes).map_err(self.err(&path))
     }
 
-    fn read_object(&self, space: Space, name: &str) -> Result<Option<Vec<u8>>, RepoError> {
+    fn read_object(&self, space: Space, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.object_path(space, name)?;
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(RepoError::Io { path, source }),
-        }
+        absent_ok(fs::read(&path)).map_err(self.err(&path))
     }
 
-    fn has_object(&self, space: Space, name: &str) -> bool {
-        self.object_path(space, name).is_ok_and(|p| p.is_file())
+    fn has_object(&self, space: Space, name: &str) -> Result<bool, StoreError> {
+        let path = self.object_path(space, name)?;
+        Ok(absent_ok(fs::metadata(&path))
+            .map_err(self.err(&path))?
+            .is_some_and(|m| m.is_file()))
     }
 
-    fn list(&self, space: Space) -> Result<Vec<String>, RepoError> {
+    fn list(&self, space: Space) -> Result<Vec<String>, StoreError> {
         let dir = self.root.join(space.dir());
-        let read = match fs::read_dir(&dir) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(RepoError::Io { path: dir, source }),
+        let Some(read) = absent_ok(fs::read_dir(&dir)).map_err(self.err(&dir))? else {
+            return Ok(Vec::new());
         };
-        let mut names: Vec<String> = read
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| valid_name(n))
-            .collect();
+        let mut names = Vec::new();
+        for entry in read {
+            let entry = entry.map_err(self.err(&dir))?;
+            // A name that is not UTF-8 or not an object name is not ours (staging, a
+            // hidden file an editor left).
+            if let Some(n) = entry.file_name().to_str().filter(|n| valid_name(n)) {
+                names.push(n.to_string());
+            }
+        }
         names.sort();
         Ok(names)
     }
 
-    fn free_space(&self) -> Result<u64, RepoError> {
-        backup_common::disk::free_bytes(&self.root).map_err(io_err(&self.root))
+    fn free_space(&self) -> Result<u64, StoreError> {
+        backup_common::disk::free_bytes(&self.root).map_err(self.err(&self.root))
     }
 
     fn describe(&self) -> String {
@@ -337,31 +382,37 @@ impl MaintainStore for FsStore {
         keep: &dyn Fn(&ChunkId) -> bool,
         cutoff: SystemTime,
         dry_run: bool,
-    ) -> Result<Swept, RepoError> {
+    ) -> Result<Swept, StoreError> {
         let mut swept = Swept::default();
         self.walk_chunks(|id, path| {
             swept.seen += 1;
             if keep(&id) {
                 return Ok(false);
             }
-            let Ok(meta) = fs::metadata(&path) else {
+            // Gone since the listing (another sweep): nothing to do. Any other error
+            // stops the sweep: an in-use time that cannot be read is not "old".
+            let Some(meta) = absent_ok(fs::metadata(&path)).map_err(self.err(&path))? else {
                 return Ok(false);
             };
-            if meta.modified().map_or(true, |t| t >= cutoff) {
+            if meta.modified().map_err(self.err(&path))? >= cutoff {
                 swept.young += 1;
                 return Ok(false);
             }
             if !dry_run {
                 // Read the mtime again right before removing: a session may have just
                 // found this chunk present and marked it in use.
-                if mtime(&path).map_or(true, |t| t >= cutoff) {
+                let Some(again) = absent_ok(mtime(&path)).map_err(self.err(&path))? else {
+                    return Ok(false);
+                };
+                if again >= cutoff {
                     swept.young += 1;
                     return Ok(false);
                 }
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                    Err(source) => return Err(RepoError::Io { path, source }),
+                if absent_ok(fs::remove_file(&path))
+                    .map_err(self.err(&path))?
+                    .is_none()
+                {
+                    return Ok(false);
                 }
             }
             swept.removed += 1;
@@ -374,19 +425,23 @@ impl MaintainStore for FsStore {
         Ok(swept)
     }
 
-    fn sweep_staging(&self, before: SystemTime, dry_run: bool) -> Result<u64, RepoError> {
+    fn sweep_staging(&self, before: SystemTime, dry_run: bool) -> Result<u64, StoreError> {
         // Staging files carry the receiver clock's mtime, so their age is read from the
         // ctime, which only the kernel sets.
         let tmp = self.tmp_dir();
         let mut removed = 0;
-        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
-            let entry = entry.map_err(io_err(&tmp))?;
+        for entry in fs::read_dir(&tmp).map_err(self.err(&tmp))? {
+            let entry = entry.map_err(self.err(&tmp))?;
             let path = entry.path();
-            let changed = fs::metadata(&path)
-                .map(|m| SystemTime::UNIX_EPOCH + Duration::from_secs(m.ctime().max(0) as u64));
-            if path.is_file() && changed.is_ok_and(|t| t < before) {
+            // Published or removed by its writer since the listing: not staging any more.
+            let Some(meta) = absent_ok(fs::symlink_metadata(&path)).map_err(self.err(&path))?
+            else {
+                continue;
+            };
+            let changed = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.ctime().max(0) as u64);
+            if meta.is_file() && changed < before {
                 if !dry_run {
-                    let _ = fs::remove_file(&path);
+                    absent_ok(fs::remove_file(&path)).map_err(self.err(&path))?;
                 }
                 removed += 1;
             }
@@ -394,47 +449,22 @@ impl MaintainStore for FsStore {
         Ok(removed)
     }
 
-    fn move_object(
-        &self,
-        from: Space,
-        name: &str,
-        to: Space,
-        to_name: &str,
-    ) -> Result<(), RepoError> {
-        let src = self.object_path(from, name)?;
-        let dst = self.object_path(to, to_name)?;
-        let dst_dir = dst.parent().expect("object has a directory");
-        durable::create_private_dir_all(dst_dir).map_err(io_err(dst_dir))?;
-        // A hard link cannot replace an existing name; the old name goes only afterwards,
-        // so a crash leaves the object in one place or both, never in none.
-        fs::hard_link(&src, &dst).map_err(|source| RepoError::Io {
-            path: if source.kind() == io::ErrorKind::NotFound {
-                src.clone()
-            } else {
-                dst.clone()
-            },
-            source,
-        })?;
-        durable::sync_dir(dst_dir).map_err(io_err(&dst))?;
-        fs::remove_file(&src).map_err(io_err(&src))?;
-        durable::sync_dir(src.parent().expect("object has a directory")).map_err(io_err(&src))
-    }
-
-    fn remove_object(&self, space: Space, name: &str) -> Result<(), RepoError> {
+    fn remove_object(&self, space: Space, name: &str) -> Result<(), StoreError> {
         let path = self.object_path(space, name)?;
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(RepoError::Io { path, source }),
+        if absent_ok(fs::remove_file(&path))
+            .map_err(self.err(&path))?
+            .is_none()
+        {
+            return Ok(());
         }
         let dir = path.parent().expect("object has a directory");
-        durable::sync_dir(dir).map_err(io_err(dir))
+        durable::sync_dir(dir).map_err(self.err(dir))
     }
 
-    fn quarantine(&self, id: &ChunkId) -> Result<String, RepoError> {
+    fn quarantine(&self, id: &ChunkId) -> Result<String, StoreError> {
         let from = self.chunk_path(id);
         let dir = self.root.join(Space::Quarantine.dir());
-        durable::create_private_dir_all(&dir).map_err(io_err(&dir))?;
+        durable::create_private_dir_all(&dir).map_err(self.err(&dir))?;
         let hex = id.to_hex();
         for n in 0.. {
             let name = if n == 0 {
@@ -446,22 +476,23 @@ impl MaintainStore for FsStore {
             // Link then unlink: no existing quarantined copy is ever replaced.
             match fs::hard_link(&from, &to) {
                 Ok(()) => {
-                    durable::sync_dir(&dir).map_err(io_err(&from))?;
-                    fs::remove_file(&from).map_err(io_err(&from))?;
-                    durable::sync_dir(from.parent().expect("chunk dir")).map_err(io_err(&from))?;
+                    durable::sync_dir(&dir).map_err(self.err(&dir))?;
+                    fs::remove_file(&from).map_err(self.err(&from))?;
+                    let chunk_dir = from.parent().expect("chunk dir");
+                    durable::sync_dir(chunk_dir).map_err(self.err(chunk_dir))?;
                     return Ok(name);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(source) => return Err(RepoError::Io { path: from, source }),
+                Err(e) => return Err(errno::store_error(&self.root, &from, e)),
             }
         }
         unreachable!("an unbounded range ends only by returning")
     }
 
-    fn lock_mark(&self, wait: bool) -> Result<Option<Box<dyn LockGuard>>, RepoError> {
+    fn lock_mark(&self, wait: bool) -> Result<Option<Box<dyn LockGuard>>, StoreError> {
         use rustix::fs::{flock, FlockOperation};
         let dir = self.root.join("locks");
-        durable::create_private_dir_all(&dir).map_err(io_err(&dir))?;
+        durable::create_private_dir_all(&dir).map_err(self.err(&dir))?;
         let path = dir.join("mark.lock");
         let file = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -472,7 +503,7 @@ impl MaintainStore for FsStore {
                 .truncate(false)
                 .mode(0o600)
                 .open(&path)
-                .map_err(io_err(&path))?
+                .map_err(self.err(&path))?
         };
         let op = if wait {
             FlockOperation::LockExclusive
@@ -482,10 +513,7 @@ impl MaintainStore for FsStore {
         match flock(&file, op) {
             Ok(()) => Ok(Some(Box::new(FlockGuard(file)))),
             Err(e) if !wait && e == rustix::io::Errno::WOULDBLOCK => Ok(None),
-            Err(e) => Err(RepoError::Io {
-                path,
-                source: e.into(),
-            }),
+            Err(e) => Err(errno::store_error(&self.root, &path, e.into())),
         }
     }
 }

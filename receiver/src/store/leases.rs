@@ -12,25 +12,10 @@
 //! past their end).
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use crate::store::backend::Space;
+pub use crate::store::records::lease::Lease;
+use crate::store::records::lease::{LeaseKey, LeaseRecord};
 use crate::store::repository::{Maintainer, RepoError, Repository};
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Lease {
-    pub session: String,
-    pub started: DateTime<Utc>,
-    /// After this the lease is ignored (the session is older than `max_session_age`).
-    pub ends: DateTime<Utc>,
-}
-
-fn open_name(session: &str) -> String {
-    format!("{session}.open")
-}
-fn closed_name(session: &str) -> String {
-    format!("{session}.closed")
-}
 
 /// Records that `session` began at `started` and lives at most `max_age`.
 pub fn open(
@@ -48,39 +33,40 @@ pub fn open(
             .and_then(|age| started.checked_add_signed(age))
             .unwrap_or(DateTime::<Utc>::MAX_UTC),
     };
-    let bytes = serde_json::to_vec(&lease).expect("lease serializes");
-    repo.store()
-        .create_object(Space::Leases, &open_name(session), &bytes)
-        .map(drop)
+    repo.create(&LeaseRecord::Open(lease))?;
+    Ok(())
 }
 
 /// Records that `session` ended (committed or dropped).
 pub fn close(repo: &Repository, session: &str) -> Result<(), RepoError> {
-    repo.store()
-        .create_object(Space::Leases, &closed_name(session), b"")
-        .map(drop)
+    repo.create(&LeaseRecord::Closed(session.to_string()))?;
+    Ok(())
 }
 
-/// Every open lease and whether it is closed.
+/// The sessions with an open lease, and those with a closed one (by name alone).
+fn names(repo: &Repository) -> Result<(Vec<String>, Vec<String>), RepoError> {
+    let (mut open, mut closed) = (Vec::new(), Vec::new());
+    for key in repo.keys::<LeaseRecord>()? {
+        match key {
+            LeaseKey::Open(s) => open.push(s),
+            LeaseKey::Closed(s) => closed.push(s),
+        }
+    }
+    closed.sort();
+    Ok((open, closed))
+}
+
+/// Every open lease and whether it is closed. A lease that cannot be read stops the
+/// caller: garbage collection must not sweep past a session it cannot see the start of.
 fn all(repo: &Repository) -> Result<Vec<(Lease, bool)>, RepoError> {
-    let names = repo.store().list(Space::Leases)?;
+    let (open, closed) = names(repo)?;
     let mut out = Vec::new();
-    for name in &names {
-        let Some(session) = name.strip_suffix(".open") else {
-            continue;
-        };
-        let Some(bytes) = repo.store().read_object(Space::Leases, name)? else {
-            continue; // removed by a concurrent clean-up
-        };
-        match serde_json::from_slice::<Lease>(&bytes) {
-            Ok(mut lease) => {
-                // The object's name is what clean-up removes and `.closed` pairs with; a
-                // body that says otherwise does not redirect either.
-                lease.session = session.to_string();
-                let closed = names.binary_search(&closed_name(session)).is_ok();
-                out.push((lease, closed));
-            }
-            Err(e) => tracing::warn!(lease = %name, error = %e, "unreadable lease; ignored"),
+    for session in open {
+        let is_closed = closed.binary_search(&session).is_ok();
+        match repo.read::<LeaseRecord>(&LeaseKey::Open(session))? {
+            Some(LeaseRecord::Open(lease)) => out.push((lease, is_closed)),
+            // Removed by a concurrent clean-up: it held nothing back any more.
+            _ => continue,
         }
     }
     Ok(out)
@@ -99,11 +85,13 @@ pub fn oldest_live(
 }
 
 /// Closes every lease still open: at start-up, the sessions of a previous process are gone.
+/// By name alone, so one unreadable lease does not keep `serve` from starting.
 pub fn close_all(repo: &Repository) -> Result<u64, RepoError> {
+    let (open, closed) = names(repo)?;
     let mut n = 0;
-    for (lease, closed) in all(repo)? {
-        if !closed {
-            close(repo, &lease.session)?;
+    for session in open {
+        if closed.binary_search(&session).is_err() {
+            close(repo, &session)?;
             n += 1;
         }
     }
@@ -111,13 +99,19 @@ pub fn close_all(repo: &Repository) -> Result<u64, RepoError> {
 }
 
 /// Removes closed leases and leases past their end; returns how many sessions it cleared.
+/// A closed lease goes by its names alone; an open one is read for its end.
 pub fn clean(repo: &Maintainer, now: DateTime<Utc>) -> Result<u64, RepoError> {
-    let store = repo.maintain_store();
+    let (open, closed) = names(repo)?;
     let mut n = 0;
-    for (lease, closed) in all(repo)? {
-        if closed || lease.ends <= now {
-            store.remove_object(Space::Leases, &open_name(&lease.session))?;
-            store.remove_object(Space::Leases, &closed_name(&lease.session))?;
+    for session in open {
+        let done = closed.binary_search(&session).is_ok()
+            || match repo.read::<LeaseRecord>(&LeaseKey::Open(session.clone()))? {
+                Some(LeaseRecord::Open(lease)) => lease.ends <= now,
+                _ => false,
+            };
+        if done {
+            repo.remove::<LeaseRecord>(&LeaseKey::Open(session.clone()))?;
+            repo.remove::<LeaseRecord>(&LeaseKey::Closed(session))?;
             n += 1;
         }
     }
@@ -149,6 +143,6 @@ mod tests {
         let later = t0 + chrono::Duration::hours(26);
         assert_eq!(oldest_live(&m, later).unwrap(), None);
         assert_eq!(clean(&m, later).unwrap(), 2);
-        assert!(m.store().list(Space::Leases).unwrap().is_empty());
+        assert!(m.keys::<LeaseRecord>().unwrap().is_empty());
     }
 }

@@ -1,9 +1,9 @@
 //! An in-memory store for unit tests: the same two capabilities with nothing on disk, so
-//! the interface cannot lean on file-system facts without a test noticing.
+//! the interface cannot lean on file-system facts without a test noticing. Any operation
+//! can be made to fail ([`MemStore::fail`]), per operation and space, with any
+//! [`StoreErrorKind`]: the tests that a failed query stops its decision inject through it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
@@ -11,7 +11,29 @@ use backup_common::chunk::ChunkId;
 use backup_common::durable::Published;
 
 use crate::store::backend::{valid_name, AppendStore, LockGuard, MaintainStore, Space, Swept};
-use crate::store::repository::RepoError;
+use crate::store::error::{StoreError, StoreErrorKind};
+
+/// A store operation, for [`MemStore::fail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    HasChunk,
+    MarkInUse,
+    PutChunk,
+    Barrier,
+    ReadChunk,
+    ChunkSize,
+    ForEachChunk,
+    CreateObject,
+    ReadObject,
+    HasObject,
+    List,
+    FreeSpace,
+    Sweep,
+    SweepStaging,
+    RemoveObject,
+    Quarantine,
+    LockMark,
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -20,6 +42,8 @@ struct State {
     objects: BTreeMap<(Space, String), Vec<u8>>,
     /// Puts not yet covered by a barrier.
     unsynced: u64,
+    /// Injected failures: an operation on one space (`Some`) or on all (`None`).
+    failing: HashMap<(Op, Option<Space>), StoreErrorKind>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -28,18 +52,16 @@ pub struct MemStore {
     lock: Arc<(Mutex<bool>, Condvar)>,
 }
 
-fn err(space: Space, name: &str, kind: io::ErrorKind) -> RepoError {
-    RepoError::Io {
-        path: PathBuf::from(format!("memory:{}/{name}", space.dir())),
-        source: io::Error::from(kind),
-    }
+fn at(space: Space, name: &str) -> String {
+    format!("memory:{}/{name}", space.dir())
 }
 
-fn check(space: Space, name: &str) -> Result<(), RepoError> {
+fn check(space: Space, name: &str) -> Result<(), StoreError> {
     if valid_name(name) {
         Ok(())
     } else {
-        Err(err(space, name, io::ErrorKind::InvalidInput))
+        Err(StoreError::new(StoreErrorKind::Other, at(space, name))
+            .with_detail("not an object name"))
     }
 }
 
@@ -52,21 +74,57 @@ impl MemStore {
     pub fn unsynced(&self) -> u64 {
         self.state.lock().unwrap().unsynced
     }
+
+    /// From now on, `op` fails with `kind`: on objects of `space` only, or (`None`) on
+    /// every space and on chunks.
+    pub fn fail(&self, op: Op, space: Option<Space>, kind: StoreErrorKind) {
+        self.state.lock().unwrap().failing.insert((op, space), kind);
+    }
+
+    /// Ends every injected failure.
+    pub fn heal(&self) {
+        self.state.lock().unwrap().failing.clear();
+    }
+
+    /// The injected failure of `op` on `space` (or a chunk, `None`), if any.
+    fn injected(&self, op: Op, space: Option<Space>, name: &str) -> Result<(), StoreError> {
+        let s = self.state.lock().unwrap();
+        let kind = space
+            .and_then(|sp| s.failing.get(&(op, Some(sp))))
+            .or_else(|| s.failing.get(&(op, None)));
+        match kind {
+            Some(&kind) => Err(StoreError::new(
+                kind,
+                match space {
+                    Some(sp) => at(sp, name),
+                    None => format!("memory:chunks/{name}"),
+                },
+            )
+            .with_detail(format!("injected {op:?} failure"))),
+            None => Ok(()),
+        }
+    }
+
+    fn chunk_op(&self, op: Op, id: &ChunkId) -> Result<(), StoreError> {
+        self.injected(op, None, &id.to_hex())
+    }
 }
 
 impl AppendStore for MemStore {
-    fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.state.lock().unwrap().chunks.contains_key(id)
+    fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        self.chunk_op(Op::HasChunk, id)?;
+        Ok(self.state.lock().unwrap().chunks.contains_key(id))
     }
 
-    fn mark_in_use(&self, id: &ChunkId, at: SystemTime) -> bool {
-        match self.state.lock().unwrap().chunks.get_mut(id) {
+    fn mark_in_use(&self, id: &ChunkId, at: SystemTime) -> Result<bool, StoreError> {
+        self.chunk_op(Op::MarkInUse, id)?;
+        Ok(match self.state.lock().unwrap().chunks.get_mut(id) {
             Some((_, t)) => {
                 *t = (*t).max(at);
                 true
             }
             None => false,
-        }
+        })
     }
 
     fn put_chunk(
@@ -74,7 +132,8 @@ impl AppendStore for MemStore {
         id: &ChunkId,
         parts: &[&[u8]],
         at: SystemTime,
-    ) -> Result<Published, RepoError> {
+    ) -> Result<Published, StoreError> {
+        self.chunk_op(Op::PutChunk, id)?;
         let mut s = self.state.lock().unwrap();
         if s.chunks.contains_key(id) {
             return Ok(Published::AlreadyExisted);
@@ -84,12 +143,14 @@ impl AppendStore for MemStore {
         Ok(Published::Created)
     }
 
-    fn barrier(&self) -> Result<(), RepoError> {
+    fn barrier(&self) -> Result<(), StoreError> {
+        self.injected(Op::Barrier, None, "")?;
         self.state.lock().unwrap().unsynced = 0;
         Ok(())
     }
 
-    fn read_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, RepoError> {
+    fn read_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.chunk_op(Op::ReadChunk, id)?;
         Ok(self
             .state
             .lock()
@@ -99,12 +160,14 @@ impl AppendStore for MemStore {
             .map(|c| c.0.clone()))
     }
 
-    fn chunk_size(&self, id: &ChunkId) -> Option<u64> {
+    fn chunk_size(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
+        self.chunk_op(Op::ChunkSize, id)?;
         let s = self.state.lock().unwrap();
-        s.chunks.get(id).map(|c| c.0.len() as u64)
+        Ok(s.chunks.get(id).map(|c| c.0.len() as u64))
     }
 
-    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkId, u64)) -> Result<(), RepoError> {
+    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkId, u64)) -> Result<(), StoreError> {
+        self.injected(Op::ForEachChunk, None, "")?;
         let s = self.state.lock().unwrap();
         for (id, c) in &s.chunks {
             visit(*id, c.0.len() as u64);
@@ -117,8 +180,9 @@ impl AppendStore for MemStore {
         space: Space,
         name: &str,
         bytes: &[u8],
-    ) -> Result<Published, RepoError> {
+    ) -> Result<Published, StoreError> {
         check(space, name)?;
+        self.injected(Op::CreateObject, Some(space), name)?;
         let mut s = self.state.lock().unwrap();
         let key = (space, name.to_string());
         if s.objects.contains_key(&key) {
@@ -128,18 +192,21 @@ impl AppendStore for MemStore {
         Ok(Published::Created)
     }
 
-    fn read_object(&self, space: Space, name: &str) -> Result<Option<Vec<u8>>, RepoError> {
+    fn read_object(&self, space: Space, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         check(space, name)?;
+        self.injected(Op::ReadObject, Some(space), name)?;
         let s = self.state.lock().unwrap();
         Ok(s.objects.get(&(space, name.to_string())).cloned())
     }
 
-    fn has_object(&self, space: Space, name: &str) -> bool {
+    fn has_object(&self, space: Space, name: &str) -> Result<bool, StoreError> {
+        self.injected(Op::HasObject, Some(space), name)?;
         let s = self.state.lock().unwrap();
-        s.objects.contains_key(&(space, name.to_string()))
+        Ok(s.objects.contains_key(&(space, name.to_string())))
     }
 
-    fn list(&self, space: Space) -> Result<Vec<String>, RepoError> {
+    fn list(&self, space: Space) -> Result<Vec<String>, StoreError> {
+        self.injected(Op::List, Some(space), "")?;
         let s = self.state.lock().unwrap();
         Ok(s.objects
             .keys()
@@ -148,7 +215,8 @@ impl AppendStore for MemStore {
             .collect())
     }
 
-    fn free_space(&self) -> Result<u64, RepoError> {
+    fn free_space(&self) -> Result<u64, StoreError> {
+        self.injected(Op::FreeSpace, None, "")?;
         Ok(u64::MAX)
     }
 
@@ -172,7 +240,8 @@ impl MaintainStore for MemStore {
         keep: &dyn Fn(&ChunkId) -> bool,
         cutoff: SystemTime,
         dry_run: bool,
-    ) -> Result<Swept, RepoError> {
+    ) -> Result<Swept, StoreError> {
+        self.injected(Op::Sweep, None, "")?;
         let mut s = self.state.lock().unwrap();
         let mut swept = Swept::default();
         let mut gone = Vec::new();
@@ -197,35 +266,14 @@ impl MaintainStore for MemStore {
         Ok(swept)
     }
 
-    fn sweep_staging(&self, _before: SystemTime, _dry_run: bool) -> Result<u64, RepoError> {
+    fn sweep_staging(&self, _before: SystemTime, _dry_run: bool) -> Result<u64, StoreError> {
+        self.injected(Op::SweepStaging, None, "")?;
         Ok(0)
     }
 
-    fn move_object(
-        &self,
-        from: Space,
-        name: &str,
-        to: Space,
-        to_name: &str,
-    ) -> Result<(), RepoError> {
-        check(from, name)?;
-        check(to, to_name)?;
-        let mut s = self.state.lock().unwrap();
-        let src = (from, name.to_string());
-        let dst = (to, to_name.to_string());
-        if !s.objects.contains_key(&src) {
-            return Err(err(from, name, io::ErrorKind::NotFound));
-        }
-        if s.objects.contains_key(&dst) {
-            return Err(err(to, to_name, io::ErrorKind::AlreadyExists));
-        }
-        let bytes = s.objects.remove(&src).expect("checked above");
-        s.objects.insert(dst, bytes);
-        Ok(())
-    }
-
-    fn remove_object(&self, space: Space, name: &str) -> Result<(), RepoError> {
+    fn remove_object(&self, space: Space, name: &str) -> Result<(), StoreError> {
         check(space, name)?;
+        self.injected(Op::RemoveObject, Some(space), name)?;
         self.state
             .lock()
             .unwrap()
@@ -234,13 +282,13 @@ impl MaintainStore for MemStore {
         Ok(())
     }
 
-    fn quarantine(&self, id: &ChunkId) -> Result<String, RepoError> {
+    fn quarantine(&self, id: &ChunkId) -> Result<String, StoreError> {
+        self.chunk_op(Op::Quarantine, id)?;
         let mut s = self.state.lock().unwrap();
         let hex = id.to_hex();
-        let (bytes, _) = s
-            .chunks
-            .remove(id)
-            .ok_or_else(|| err(Space::Quarantine, &hex, io::ErrorKind::NotFound))?;
+        let (bytes, _) = s.chunks.remove(id).ok_or_else(|| {
+            StoreError::new(StoreErrorKind::NotFound, format!("memory:chunks/{hex}"))
+        })?;
         let name = (0..)
             .map(|n| {
                 if n == 0 {
@@ -255,7 +303,8 @@ impl MaintainStore for MemStore {
         Ok(name)
     }
 
-    fn lock_mark(&self, wait: bool) -> Result<Option<Box<dyn LockGuard>>, RepoError> {
+    fn lock_mark(&self, wait: bool) -> Result<Option<Box<dyn LockGuard>>, StoreError> {
+        self.injected(Op::LockMark, None, "")?;
         let (held, cv) = &*self.lock;
         let mut h = held.lock().unwrap();
         if *h && !wait {

@@ -1,37 +1,32 @@
 //! The repository: write-once chunks named by blake3, one immutable manifest per
 //! snapshot, over a store (backend.rs). [`Repository`] holds the append capability only
 //! (what the network service gets); [`Maintainer`] adds the maintain capability (what
-//! prune, gc, verify and `undelete` get). Where things are on disk is the file store's
-//! business (fs.rs); the audit log is not in the repository (monitoring/audit.rs).
+//! prune, gc, verify and `undelete` get). Both hold the raw store privately: outside
+//! `store/`, objects are read and written as typed records (record.rs). Which store is
+//! behind them is decided where they are opened (open.rs), never here.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use backup_common::chunk::{self, ChunkError, ChunkId};
 use backup_common::durable::Published;
-use backup_common::manifest::{Manifest, READABLE_FORMATS};
+use backup_common::manifest::Manifest;
+use chrono::{DateTime, Utc};
 
-use crate::store::backend::{AppendStore, MaintainStore, Space};
-use crate::store::fs::{FsStore, MARKER};
+use crate::store::backend::{AppendStore, LockGuard, MaintainStore, Swept};
+use crate::store::error::{StoreError, StoreErrorKind};
+use crate::store::records::trash::{in_trash, Tombstone, Undeleted};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    #[error("{path} is not a backup repository (no {MARKER}); run `backup-receiver serve` once to create it")]
-    NotARepository { path: PathBuf },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The store could not do or tell what was asked (see [`StoreError::kind`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("chunk {id} is missing from the repository")]
     MissingChunk { id: ChunkId },
     #[error(transparent)]
     Chunk(#[from] ChunkError),
-    #[error("manifest {path}: {message}")]
-    BadManifest { path: PathBuf, message: String },
     #[error("no snapshot named {0:?}; `backup-receiver snapshots` lists them")]
     NoSuchSnapshot(String),
     #[error("the repository has no snapshots yet")]
@@ -40,17 +35,6 @@ pub enum RepoError {
     NoGoodSnapshot,
     #[error("snapshot {id} is {why}; name it with --allow-suspect to use it anyway")]
     NotGood { id: String, why: String },
-}
-
-/// The `<name>` of every `<name>.json` among `names`, sorted (snapshot ids, verdict ids).
-pub(crate) fn json_names(names: Vec<String>) -> Vec<String> {
-    let mut ids: Vec<String> = names
-        .iter()
-        .filter_map(|n| n.strip_suffix(".json"))
-        .map(str::to_string)
-        .collect();
-    ids.sort();
-    ids
 }
 
 /// The repository with the append capability: read, list, put chunks, create metadata.
@@ -87,23 +71,42 @@ impl Maintainer {
         }
     }
 
-    /// Opens an existing file-system repository for maintenance.
-    pub fn open(root: &Path) -> Result<Self, RepoError> {
-        Ok(Self::new(FsStore::open(root)?))
-    }
-
-    /// Opens the file-system repository at `root`, creating an empty one if there is none.
-    pub fn open_or_init(root: &Path) -> Result<Self, RepoError> {
-        Ok(Self::new(FsStore::open_or_init(root)?))
-    }
-
     /// The append capability alone, for the network service.
     pub fn repository(&self) -> Repository {
         self.repo.clone()
     }
 
-    pub fn maintain_store(&self) -> &dyn MaintainStore {
+    pub(in crate::store) fn maintain_store(&self) -> &dyn MaintainStore {
         &*self.store
+    }
+
+    /// Removes every chunk `keep` rejects whose in-use time is before `cutoff`.
+    pub fn sweep(
+        &self,
+        keep: &dyn Fn(&ChunkId) -> bool,
+        cutoff: SystemTime,
+        dry_run: bool,
+    ) -> Result<Swept, StoreError> {
+        self.store.sweep(keep, cutoff, dry_run)
+    }
+
+    /// Removes staging of unfinished writes older than `before`; returns how many.
+    pub fn sweep_staging(&self, before: SystemTime, dry_run: bool) -> Result<u64, StoreError> {
+        self.store.sweep_staging(before, dry_run)
+    }
+
+    /// Moves a damaged chunk aside (never deleting it); returns where it went.
+    pub fn quarantine(&self, id: &ChunkId) -> Result<String, StoreError> {
+        let name = self.store.quarantine(id)?;
+        Ok(self
+            .store
+            .locate(crate::store::backend::Space::Quarantine, &name))
+    }
+
+    /// Takes the mark lock (gc's mark, `undelete`, the purge); `None` when `wait` is false
+    /// and it is held elsewhere.
+    pub fn lock_mark(&self, wait: bool) -> Result<Option<Box<dyn LockGuard>>, StoreError> {
+        self.store.lock_mark(wait)
     }
 }
 
@@ -113,21 +116,7 @@ impl Repository {
         Repository { store }
     }
 
-    /// Opens an existing file-system repository.
-    pub fn open(root: &Path) -> Result<Self, RepoError> {
-        Ok(Repository {
-            store: Arc::new(FsStore::open(root)?),
-        })
-    }
-
-    /// Opens the file-system repository at `root`, creating an empty one if there is none.
-    pub fn open_or_init(root: &Path) -> Result<Self, RepoError> {
-        Ok(Repository {
-            store: Arc::new(FsStore::open_or_init(root)?),
-        })
-    }
-
-    pub fn store(&self) -> &dyn AppendStore {
+    pub(in crate::store) fn store(&self) -> &dyn AppendStore {
         &*self.store
     }
 
@@ -136,8 +125,28 @@ impl Repository {
         self.store.describe()
     }
 
-    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
         self.store.has_chunk(id)
+    }
+
+    /// The chunks of `ids` the store does not hold, in the order given.
+    pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, StoreError> {
+        self.store.missing(ids)
+    }
+
+    /// Size of the stored form of a chunk, `None` if absent.
+    pub fn chunk_size(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
+        self.store.chunk_size(id)
+    }
+
+    /// Every stored chunk and its stored size, one at a time.
+    pub fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkId, u64)) -> Result<(), StoreError> {
+        self.store.for_each_chunk(visit)
+    }
+
+    /// Bytes the store can still take.
+    pub fn free_space(&self) -> Result<u64, StoreError> {
+        self.store.free_space()
     }
 
     /// Stores an already verified chunk payload write-once, in use at `now` (the
@@ -150,7 +159,7 @@ impl Repository {
         zstd_framed: bool,
         payload: &[u8],
         now: SystemTime,
-    ) -> Result<Published, RepoError> {
+    ) -> Result<Published, StoreError> {
         self.store
             .put_chunk(id, &[&[u8::from(zstd_framed)], payload], now)
     }
@@ -161,19 +170,20 @@ impl Repository {
         id: &ChunkId,
         zstd_framed: bool,
         payload: &[u8],
-    ) -> Result<Published, RepoError> {
+    ) -> Result<Published, StoreError> {
         self.put_chunk_at(id, zstd_framed, payload, SystemTime::now())
     }
 
     /// Makes every chunk put so far (by any clone, or a process before this one) durable.
-    pub fn barrier(&self) -> Result<(), RepoError> {
+    pub fn barrier(&self) -> Result<(), StoreError> {
         self.store.barrier()
     }
 
     /// If the chunk exists, marks it in use at `now` (never moving that back) and returns
     /// true. A session that relies on an existing chunk marks it, so garbage collection's
-    /// cut-off protects it until the snapshot that references it is committed.
-    pub fn touch_chunk(&self, id: &ChunkId, now: SystemTime) -> bool {
+    /// cut-off protects it until the snapshot that references it is committed. An error
+    /// means the chunk may not be protected: the caller must not rely on it.
+    pub fn touch_chunk(&self, id: &ChunkId, now: SystemTime) -> Result<bool, StoreError> {
         self.store.mark_in_use(id, now)
     }
 
@@ -186,102 +196,131 @@ impl Repository {
         Ok(chunk::decode_stored(*id, &stored)?)
     }
 
-    /// Publishes a manifest under `snapshots/<id>.json`. Returns false when that id is taken.
-    pub fn publish_manifest(&self, manifest: &Manifest) -> Result<bool, RepoError> {
-        let name = format!("{}.json", manifest.id);
-        let bytes = serde_json::to_vec(manifest).expect("manifest serializes");
-        let published = self.store.create_object(Space::Snapshots, &name, &bytes)?;
-        Ok(published == Published::Created)
+    /// Publishes a manifest under its id. Returns false when that id is taken.
+    pub fn publish_manifest(&self, manifest: &Manifest) -> Result<bool, StoreError> {
+        Ok(self.create(manifest)? == Published::Created)
     }
 
     /// Publishes `manifest` under the first free id of `base`, `base-1`, … `base-99`
-    /// (create-if-absent, so two commits can never take the same id) and sets its id.
+    /// (create-if-absent, so two commits can never take the same id) and sets its id. An
+    /// id the trash still names is not free: its tombstone would hide the new snapshot.
     pub fn publish_snapshot(&self, manifest: &mut Manifest, base: &str) -> Result<(), RepoError> {
+        let tombstoned: BTreeSet<String> = self
+            .keys::<Tombstone>()?
+            .into_iter()
+            .map(|k| k.snapshot)
+            .collect();
         for n in 0..100 {
             manifest.id = if n == 0 {
                 base.to_string()
             } else {
                 format!("{base}-{n}")
             };
-            if self.publish_manifest(manifest)? {
+            if !tombstoned.contains(&manifest.id) && self.publish_manifest(manifest)? {
                 return Ok(());
             }
         }
-        Err(RepoError::Io {
-            path: PathBuf::from(self.describe()).join(Space::Snapshots.dir()),
-            source: io::Error::other("no free snapshot id"),
-        })
+        Err(StoreError::new(
+            StoreErrorKind::AlreadyExists,
+            self.store
+                .locate(crate::store::backend::Space::Snapshots, base),
+        )
+        .with_detail("no free snapshot id among 100 suffixes")
+        .into())
     }
 
-    /// Snapshot ids, oldest first (ids sort by the receiver's commit time).
-    pub fn snapshot_ids(&self) -> Result<Vec<String>, RepoError> {
-        Ok(json_names(self.store.list(Space::Snapshots)?))
+    /// The snapshots in the trash, each with its prune time (see records/trash.rs).
+    pub fn trashed(&self) -> Result<BTreeMap<String, DateTime<Utc>>, StoreError> {
+        Ok(in_trash(
+            &self.keys::<Tombstone>()?,
+            &self.keys::<Undeleted>()?,
+        ))
     }
 
+    /// Snapshot ids, oldest first (ids sort by the receiver's commit time); a snapshot in
+    /// the trash is not among them.
+    pub fn snapshot_ids(&self) -> Result<Vec<String>, StoreError> {
+        let trashed = self.trashed()?;
+        Ok(self
+            .keys::<Manifest>()?
+            .into_iter()
+            .filter(|id| !trashed.contains_key(id))
+            .collect())
+    }
+
+    /// Every stored manifest's id, in the trash or not (what garbage collection keeps).
+    pub fn stored_snapshot_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.keys::<Manifest>()
+    }
+
+    /// The manifest of snapshot `id`; one in the trash is not found.
     pub fn load_manifest(&self, id: &str) -> Result<Manifest, RepoError> {
         Self::check_name(id)?;
-        self.load_manifest_in(Space::Snapshots, &format!("{id}.json"), id)
+        if self.trashed()?.contains_key(id) {
+            return Err(RepoError::NoSuchSnapshot(id.to_string()));
+        }
+        self.load_stored_manifest(id)
     }
 
-    /// Reads and checks the manifest object `space/name` (in snapshots or the trash).
-    pub(crate) fn load_manifest_in(
-        &self,
-        space: Space,
-        name: &str,
-        id: &str,
-    ) -> Result<Manifest, RepoError> {
-        let path = PathBuf::from(self.describe()).join(space.dir()).join(name);
-        let bytes = self
-            .store
-            .read_object(space, name)?
-            .ok_or_else(|| RepoError::NoSuchSnapshot(id.to_string()))?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| RepoError::BadManifest {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        if !READABLE_FORMATS.contains(&m.format) {
-            return Err(RepoError::BadManifest {
-                path,
-                message: format!(
-                    "format {} is not supported (this receiver reads {READABLE_FORMATS:?})",
-                    m.format
-                ),
-            });
-        }
-        Ok(m)
+    /// The manifest stored under `id`, in the trash or not.
+    pub fn load_stored_manifest(&self, id: &str) -> Result<Manifest, RepoError> {
+        Self::check_name(id)?;
+        self.read::<Manifest>(&id.to_string())?
+            .ok_or_else(|| RepoError::NoSuchSnapshot(id.to_string()))
     }
 
     /// Calls `visit` with every manifest, oldest first, one at a time (never all in memory),
-    /// until it returns false. A manifest that vanishes meanwhile (a concurrent prune moved
-    /// it) is skipped; any other error stops.
-    pub fn for_each_manifest(&self, visit: impl FnMut(Manifest) -> bool) -> Result<(), RepoError> {
-        self.visit_manifests(self.snapshot_ids()?, visit)
+    /// until it returns false. A manifest that vanishes meanwhile (a concurrent purge
+    /// removed it) is skipped; any other error stops.
+    pub fn for_each_manifest(
+        &self,
+        mut visit: impl FnMut(Manifest) -> bool,
+    ) -> Result<(), RepoError> {
+        self.try_for_each_manifest(|m| Ok::<_, RepoError>(visit(m)))
     }
 
     /// As [`Repository::for_each_manifest`], newest first.
     pub fn for_each_manifest_newest_first(
         &self,
-        visit: impl FnMut(Manifest) -> bool,
+        mut visit: impl FnMut(Manifest) -> bool,
     ) -> Result<(), RepoError> {
-        let mut ids = self.snapshot_ids()?;
+        self.try_for_each_manifest_newest_first(|m| Ok::<_, RepoError>(visit(m)))
+    }
+
+    /// As [`Repository::for_each_manifest`], with a `visit` that can fail: its error stops
+    /// the walk and is returned.
+    pub fn try_for_each_manifest<E: From<RepoError>>(
+        &self,
+        visit: impl FnMut(Manifest) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let ids = self.snapshot_ids().map_err(RepoError::from)?;
+        self.visit_manifests(ids, visit)
+    }
+
+    /// As [`Repository::try_for_each_manifest`], newest first.
+    pub fn try_for_each_manifest_newest_first<E: From<RepoError>>(
+        &self,
+        visit: impl FnMut(Manifest) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let mut ids = self.snapshot_ids().map_err(RepoError::from)?;
         ids.reverse();
         self.visit_manifests(ids, visit)
     }
 
-    fn visit_manifests(
+    fn visit_manifests<E: From<RepoError>>(
         &self,
         ids: Vec<String>,
-        mut visit: impl FnMut(Manifest) -> bool,
-    ) -> Result<(), RepoError> {
+        mut visit: impl FnMut(Manifest) -> Result<bool, E>,
+    ) -> Result<(), E> {
         for id in ids {
-            match self.load_manifest(&id) {
+            match self.load_stored_manifest(&id) {
                 Ok(m) => {
-                    if !visit(m) {
+                    if !visit(m)? {
                         break;
                     }
                 }
                 Err(RepoError::NoSuchSnapshot(_)) => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

@@ -1,27 +1,29 @@
-//! The trash: a pruned snapshot's manifest is moved (renamed, never rewritten) to
-//! `REPO/trash/<id>@<prune time>.json` and stays there for `retention.trash_grace`, during
-//! which its chunks are still protected from garbage collection and `undelete` brings it
-//! back. Only after the grace period is the file really removed. The prune time in the
-//! name is the receiver's clock; nothing here runs on a network request.
+//! The trash: pruning a snapshot creates a tombstone ("snapshot X pruned at T",
+//! records/trash.rs) and leaves its manifest where it is; from then on the snapshot is out
+//! of every listing, its chunks are still protected from garbage collection (the mark reads
+//! every stored manifest), and `undelete` brings it back during `retention.trash_grace` by
+//! creating an undeleted record and a hold. Only after the grace period does the purge
+//! remove the manifest, then its records. Nothing is ever renamed or rewritten, so an
+//! object store implements the same thing with create-only objects (docs/adr/0010).
+//! Times are the receiver's clock; nothing here runs on a network request.
 
-use std::io;
 use std::time::Duration;
 
-use backup_common::manifest::Manifest;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use backup_common::durable::Published;
+use chrono::{DateTime, Utc};
 
-use crate::store::backend::{valid_name, Space};
+use crate::store::backend::valid_name;
+use crate::store::error::{StoreError, StoreErrorKind};
+use crate::store::record::Record;
+use crate::store::records::hold::Hold;
+use crate::store::records::trash::{Tombstone, Undeleted};
 use crate::store::repository::{Maintainer, RepoError, Repository};
 
-const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
-
-/// One pruned manifest waiting in the trash.
+/// One snapshot in the trash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrashEntry {
     pub id: String,
     pub pruned_at: DateTime<Utc>,
-    /// The object's name in the trash.
-    pub name: String,
 }
 
 impl TrashEntry {
@@ -37,149 +39,162 @@ pub enum UndeleteError {
         "no snapshot {0:?} in the trash (it was never pruned, or its grace period has passed)"
     )]
     NotInTrash(String),
-    #[error("snapshot {0:?} exists already; nothing to undelete")]
-    Exists(String),
     #[error(transparent)]
     Repo(#[from] RepoError),
 }
 
-fn entry_name(id: &str, pruned_at: DateTime<Utc>) -> String {
-    format!("{id}@{}.json", pruned_at.format(TIME_FORMAT))
-}
-
-fn parse_name(name: &str) -> Option<(String, DateTime<Utc>)> {
-    let (id, time) = name.strip_suffix(".json")?.rsplit_once('@')?;
-    let t = NaiveDateTime::parse_from_str(time, TIME_FORMAT).ok()?;
-    Some((id.to_string(), t.and_utc()))
-}
-
-fn io_kind(e: &RepoError) -> Option<io::ErrorKind> {
-    match e {
-        RepoError::Io { source, .. } => Some(source.kind()),
-        _ => None,
+impl From<StoreError> for UndeleteError {
+    fn from(e: StoreError) -> Self {
+        UndeleteError::Repo(e.into())
     }
 }
 
-/// Moves snapshot `id`'s manifest to the trash, stamped with `now`, without ever
-/// replacing: a crash leaves it in one place or both (the mark reads both), never in none.
-/// Returns the name it got in the trash.
-pub fn move_to_trash(repo: &Maintainer, id: &str, now: DateTime<Utc>) -> Result<String, RepoError> {
+/// Puts snapshot `id` in the trash at `now`. Returns false when it is not a snapshot
+/// (purged, or never there) or already in the trash.
+pub fn put(repo: &Maintainer, id: &str, now: DateTime<Utc>) -> Result<bool, RepoError> {
     Repository::check_name(id)?;
-    let to = entry_name(id, now);
-    repo.maintain_store().move_object(
-        Space::Snapshots,
-        &format!("{id}.json"),
-        Space::Trash,
-        &to,
-    )?;
-    Ok(to)
+    if !repo.exists::<backup_common::manifest::Manifest>(&id.to_string())? {
+        return Ok(false);
+    }
+    if repo.trashed()?.contains_key(id) {
+        return Ok(false);
+    }
+    let stone = Tombstone {
+        snapshot: id.to_string(),
+        pruned_at: now,
+    };
+    match repo.create(&stone)? {
+        Published::Created => Ok(true),
+        // Pruned, undeleted and pruned again within one second of the receiver's clock:
+        // the tombstone's name is taken by the undone one.
+        Published::AlreadyExisted => Err(StoreError::new(
+            StoreErrorKind::AlreadyExists,
+            repo.locate::<Tombstone>(&stone.key()),
+        )
+        .with_detail("undeleted in this same second; prune again later")
+        .into()),
+    }
 }
 
-/// Every manifest in the trash, oldest prune first.
+/// Every snapshot in the trash, oldest prune first.
 pub fn entries(repo: &Repository) -> Result<Vec<TrashEntry>, RepoError> {
-    let mut out = Vec::new();
-    for name in repo.store().list(Space::Trash)? {
-        match parse_name(&name) {
-            Some((id, pruned_at)) => out.push(TrashEntry {
-                id,
-                pruned_at,
-                name,
-            }),
-            None => tracing::warn!(file = ?name, "unexpected file in the trash; left alone"),
-        }
-    }
+    let mut out: Vec<TrashEntry> = repo
+        .trashed()?
+        .into_iter()
+        .map(|(id, pruned_at)| TrashEntry { id, pruned_at })
+        .collect();
     out.sort_by(|a, b| (a.pruned_at, &a.id).cmp(&(b.pruned_at, &b.id)));
     Ok(out)
 }
 
-/// Reads the manifest of a trash entry; `None` when it left the trash meanwhile.
-pub fn load(repo: &Repository, e: &TrashEntry) -> Result<Option<Manifest>, RepoError> {
-    match repo.load_manifest_in(Space::Trash, &e.name, &e.id) {
-        Ok(m) => Ok(Some(m)),
-        Err(RepoError::NoSuchSnapshot(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes the entries whose grace period has passed at `now`; returns them.
+/// Removes, for good, the snapshots whose grace period has passed at `now`, and the
+/// records of prunes that were undone; returns the snapshots. Under the mark lock, so an
+/// `undelete` is either before (and the snapshot stays) or after (and finds nothing). The
+/// manifest goes first: a crash between leaves a tombstone without a manifest, which the
+/// next purge removes; never a manifest that came back to life.
 pub fn purge(
     repo: &Maintainer,
     now: DateTime<Utc>,
     grace: Duration,
     dry_run: bool,
 ) -> Result<Vec<TrashEntry>, RepoError> {
-    let expired: Vec<TrashEntry> = entries(repo)?
-        .into_iter()
-        .filter(|e| e.expires(grace) <= now)
-        .collect();
-    if !dry_run {
-        for e in &expired {
-            // An entry another prune (CLI and schedule) removed first is no error.
-            repo.maintain_store().remove_object(Space::Trash, &e.name)?;
+    let expired = || -> Result<Vec<TrashEntry>, RepoError> {
+        Ok(entries(repo)?
+            .into_iter()
+            .filter(|e| e.expires(grace) <= now)
+            .collect())
+    };
+    if dry_run {
+        return expired();
+    }
+    let _lock = repo.lock_mark(true)?.expect("a waiting lock is taken");
+    let expired = expired()?;
+    let tombstones = repo.keys::<Tombstone>()?;
+    let undone = repo.keys::<Undeleted>()?;
+    for e in &expired {
+        repo.remove::<backup_common::manifest::Manifest>(&e.id)?;
+        for k in tombstones.iter().filter(|k| k.snapshot == e.id) {
+            repo.remove::<Tombstone>(k)?;
         }
+        for k in undone.iter().filter(|k| k.snapshot == e.id) {
+            repo.remove::<Undeleted>(k)?;
+        }
+    }
+    // Undone prunes of snapshots that stay, once as old as the grace period (history
+    // until then): the tombstone first, so a crash leaves an inert undeleted record,
+    // never a tombstone that counts again.
+    let old = |k: &&crate::store::records::trash::Pruned| {
+        (TrashEntry {
+            id: k.snapshot.clone(),
+            pruned_at: k.at,
+        })
+        .expires(grace)
+            <= now
+    };
+    for k in undone
+        .iter()
+        .filter(old)
+        .filter(|k| expired.iter().all(|e| e.id != k.snapshot))
+    {
+        repo.remove::<Tombstone>(k)?;
+        repo.remove::<Undeleted>(k)?;
+    }
+    // Tombstones whose manifest is gone (a purge that crashed half-way).
+    let stored: std::collections::BTreeSet<String> =
+        repo.stored_snapshot_ids()?.into_iter().collect();
+    for k in tombstones.iter().filter(|k| !stored.contains(&k.snapshot)) {
+        repo.remove::<Tombstone>(k)?;
     }
     Ok(expired)
 }
 
 /// Brings a pruned snapshot back from the trash and places a hold on it, so the next
 /// prune keeps it (remove `holds/<id>.json` to release it to the calendar again). Takes
-/// the mark lock, so a garbage collection never marks while a manifest moves back.
-pub fn undelete(repo: &Maintainer, id: &str) -> Result<TrashEntry, UndeleteError> {
+/// the mark lock, so it never runs while a purge removes what it would bring back.
+pub fn undelete(
+    repo: &Maintainer,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<TrashEntry, UndeleteError> {
     if id.contains('@') || !valid_name(id) {
         return Err(UndeleteError::NotInTrash(id.to_string()));
     }
-    let store = repo.maintain_store();
-    let _lock = match store.lock_mark(false)? {
+    let _lock = match repo.lock_mark(false)? {
         Some(l) => l,
         None => {
             tracing::warn!("garbage collection is marking; undelete waits for it to finish");
-            eprintln!("garbage collection is marking; waiting for it to finish");
-            store.lock_mark(true)?.expect("a waiting lock is taken")
+            backup_common::stderr::line("garbage collection is marking; waiting for it to finish");
+            repo.lock_mark(true)?.expect("a waiting lock is taken")
         }
     };
-    let entry = entries(repo)?
-        .into_iter()
-        .filter(|e| e.id == id)
-        .max_by_key(|e| e.pruned_at)
+    let pruned_at = *repo
+        .trashed()?
+        .get(id)
         .ok_or_else(|| UndeleteError::NotInTrash(id.to_string()))?;
-    let hold =
-        serde_json::json!({ "snapshot": id, "reason": "undeleted", "pruned_at": entry.pruned_at });
-    store.create_object(
-        Space::Holds,
-        &format!("{id}.json"),
-        hold.to_string().as_bytes(),
-    )?;
-    match store.move_object(
-        Space::Trash,
-        &entry.name,
-        Space::Snapshots,
-        &format!("{id}.json"),
-    ) {
-        Ok(()) => Ok(entry),
-        Err(e) if io_kind(&e) == Some(io::ErrorKind::AlreadyExists) => {
-            Err(UndeleteError::Exists(id.to_string()))
-        }
-        Err(e) => Err(e.into()),
+    repo.create(&Hold {
+        snapshot: id.to_string(),
+        reason: "undeleted".into(),
+        pruned_at: Some(pruned_at),
+    })?;
+    // Every tombstone still counting for it (two prunes may have raced).
+    for k in repo
+        .keys::<Tombstone>()?
+        .into_iter()
+        .filter(|k| k.snapshot == id)
+    {
+        repo.create(&Undeleted {
+            snapshot: k.snapshot.clone(),
+            pruned_at: k.at,
+            undeleted_at: now,
+        })?;
     }
+    Ok(TrashEntry {
+        id: id.to_string(),
+        pruned_at,
+    })
 }
 
-/// Snapshots an operator brought back with `undelete`.
-pub fn is_held(repo: &Repository, id: &str) -> bool {
-    valid_name(id) && repo.store().has_object(Space::Holds, &format!("{id}.json"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        let t = DateTime::parse_from_rfc3339("2026-03-01T02:30:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let n = entry_name("20260201T023000Z-1", t);
-        assert_eq!(n, "20260201T023000Z-1@20260301T023000Z.json");
-        assert_eq!(parse_name(&n), Some(("20260201T023000Z-1".to_string(), t)));
-        assert_eq!(parse_name("junk.json"), None);
-    }
+/// Whether an operator brought snapshot `id` back with `undelete` (and the hold stands).
+pub fn is_held(repo: &Repository, id: &str) -> Result<bool, RepoError> {
+    Ok(repo.exists::<Hold>(&id.to_string())?)
 }

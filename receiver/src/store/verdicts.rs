@@ -22,39 +22,10 @@ use std::path::PathBuf;
 use backup_common::durable::Published;
 use backup_common::manifest::Manifest;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use crate::store::backend::{valid_name, Space};
-use crate::store::repository::{json_names, RepoError, Repository};
-
-/// The three kinds of verdict file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Ack,
-    Reject,
-    DrillPassed,
-    Contested,
-}
-
-impl Kind {
-    fn space(self) -> Space {
-        match self {
-            Kind::Ack => Space::Acks,
-            Kind::Reject => Space::Rejects,
-            Kind::DrillPassed => Space::Drills,
-            Kind::Contested => Space::Contested,
-        }
-    }
-}
-
-/// An operator's or the drill's word on one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ack {
-    pub snapshot: String,
-    pub time: DateTime<Utc>,
-    pub operator: String,
-    pub note: Option<String>,
-}
+use crate::store::records::verdict::VerdictKind;
+pub use crate::store::records::verdict::{Ack, Acked, Contested, Drilled, Rejected, Verdict};
+use crate::store::repository::{Maintainer, RepoError, Repository};
 
 impl Ack {
     fn new(snapshot: &str, operator: &str, note: Option<&str>, now: DateTime<Utc>) -> Ack {
@@ -81,108 +52,107 @@ pub enum AckError {
     AlreadyRejected(String, PathBuf),
 }
 
-/// The one definition of "this verdict exists": its object is in the store.
-fn exists(repo: &Repository, kind: Kind, snapshot_id: &str) -> bool {
-    valid_name(snapshot_id)
-        && repo
-            .store()
-            .has_object(kind.space(), &format!("{snapshot_id}.json"))
+impl From<crate::store::error::StoreError> for AckError {
+    fn from(e: crate::store::error::StoreError) -> Self {
+        AckError::Repo(e.into())
+    }
 }
 
-/// Ids with a verdict of `kind`, sorted (for caches that must notice a new verdict).
-pub fn ids(repo: &Repository, kind: Kind) -> Result<Vec<String>, RepoError> {
-    Ok(json_names(repo.store().list(kind.space())?))
+/// The one definition of "this verdict exists": its record is in the store. A store that
+/// cannot tell is an error, never a "no".
+fn exists<K: VerdictKind>(repo: &Repository, snapshot_id: &str) -> Result<bool, RepoError> {
+    Ok(repo.exists::<Verdict<K>>(&snapshot_id.to_string())?)
 }
 
-/// Where a verdict is, relative to the repository (for messages).
-pub fn location(kind: Kind, snapshot_id: &str) -> PathBuf {
-    PathBuf::from(kind.space().dir()).join(format!("{snapshot_id}.json"))
+/// Ids with a verdict of kind `K`, sorted (for caches that must notice a new verdict).
+pub fn ids<K: VerdictKind>(repo: &Repository) -> Result<Vec<String>, RepoError> {
+    Ok(repo.keys::<Verdict<K>>()?)
 }
 
 /// Where an acknowledgement is, for messages.
 pub fn ack_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
-    PathBuf::from(repo.describe()).join(location(Kind::Ack, snapshot_id))
+    PathBuf::from(repo.locate::<Verdict<Acked>>(&snapshot_id.to_string()))
 }
 
 /// Where a rejection is, for messages.
 pub fn reject_path(repo: &Repository, snapshot_id: &str) -> PathBuf {
-    PathBuf::from(repo.describe()).join(location(Kind::Reject, snapshot_id))
+    PathBuf::from(repo.locate::<Verdict<Rejected>>(&snapshot_id.to_string()))
 }
 
 /// Whether an operator acknowledged snapshot `snapshot_id`.
-pub fn is_acknowledged(repo: &Repository, snapshot_id: &str) -> bool {
-    exists(repo, Kind::Ack, snapshot_id)
+pub fn is_acknowledged(repo: &Repository, snapshot_id: &str) -> Result<bool, RepoError> {
+    exists::<Acked>(repo, snapshot_id)
 }
 
 /// Whether an operator rejected snapshot `snapshot_id`.
-pub fn is_rejected(repo: &Repository, snapshot_id: &str) -> bool {
-    exists(repo, Kind::Reject, snapshot_id)
+pub fn is_rejected(repo: &Repository, snapshot_id: &str) -> Result<bool, RepoError> {
+    exists::<Rejected>(repo, snapshot_id)
 }
 
 /// Whether a refused second commit of its day contested snapshot `snapshot_id`.
-pub fn is_contested(repo: &Repository, snapshot_id: &str) -> bool {
-    exists(repo, Kind::Contested, snapshot_id)
+pub fn is_contested(repo: &Repository, snapshot_id: &str) -> Result<bool, RepoError> {
+    exists::<Contested>(repo, snapshot_id)
 }
 
 /// Whether a drill passed on snapshot `snapshot_id`.
-pub fn drill_passed(repo: &Repository, snapshot_id: &str) -> bool {
-    exists(repo, Kind::DrillPassed, snapshot_id)
+pub fn drill_passed(repo: &Repository, snapshot_id: &str) -> Result<bool, RepoError> {
+    exists::<Drilled>(repo, snapshot_id)
 }
 
 /// Flagged by the guard and not acknowledged (a rejected snapshot is not "suspect": it is
 /// out of every decision, including the pin a suspect one holds).
-pub fn is_suspect(repo: &Repository, manifest: &Manifest) -> bool {
-    (manifest.suspect.is_some() || is_contested(repo, &manifest.id))
-        && !is_acknowledged(repo, &manifest.id)
-        && !is_rejected(repo, &manifest.id)
+pub fn is_suspect(repo: &Repository, manifest: &Manifest) -> Result<bool, RepoError> {
+    Ok(
+        (manifest.suspect.is_some() || is_contested(repo, &manifest.id)?)
+            && !is_acknowledged(repo, &manifest.id)?
+            && !is_rejected(repo, &manifest.id)?,
+    )
 }
 
 /// Counts as good: not rejected, and not flagged (by the guard or a contested day) or
-/// acknowledged.
-pub fn is_good(repo: &Repository, manifest: &Manifest) -> bool {
-    !is_rejected(repo, &manifest.id)
-        && ((manifest.suspect.is_none() && !is_contested(repo, &manifest.id))
-            || is_acknowledged(repo, &manifest.id))
+/// acknowledged. Every verdict it needs is read; one that cannot be is an error, so no
+/// snapshot becomes good on a store that could not say.
+pub fn is_good(repo: &Repository, manifest: &Manifest) -> Result<bool, RepoError> {
+    Ok(!is_rejected(repo, &manifest.id)?
+        && ((manifest.suspect.is_none() && !is_contested(repo, &manifest.id)?)
+            || is_acknowledged(repo, &manifest.id)?))
 }
 
 /// Why a snapshot is not good, for a message; `None` when it is good.
-pub fn not_good_because(repo: &Repository, manifest: &Manifest) -> Option<String> {
-    if is_rejected(repo, &manifest.id) {
-        return Some("rejected by an operator".into());
+pub fn not_good_because(
+    repo: &Repository,
+    manifest: &Manifest,
+) -> Result<Option<String>, RepoError> {
+    if is_rejected(repo, &manifest.id)? {
+        return Ok(Some("rejected by an operator".into()));
     }
-    if is_suspect(repo, manifest) {
-        return Some(match &manifest.suspect {
+    if is_suspect(repo, manifest)? {
+        return Ok(Some(match &manifest.suspect {
             Some(why) => format!("suspect ({why})"),
             None => "suspect (contested: another commit of its day was refused)".into(),
-        });
+        }));
     }
-    None
-}
-
-fn write(repo: &Repository, kind: Kind, record: &Ack) -> Result<Published, AckError> {
-    let bytes = serde_json::to_vec_pretty(record).expect("verdict serializes");
-    let name = format!("{}.json", record.snapshot);
-    Ok(repo.store().create_object(kind.space(), &name, &bytes)?)
+    Ok(None)
 }
 
 /// Acknowledges a suspect snapshot (`name` is an id; `latest` means the newest snapshot,
 /// good or not, since that is what an operator acknowledges after a flagged night).
 pub fn acknowledge(
-    repo: &Repository,
+    repo: &Maintainer,
     name: &str,
     operator: &str,
     note: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Ack, AckError> {
     let manifest = repo.resolve_any(name)?;
-    if is_rejected(repo, &manifest.id) {
+    if is_rejected(repo, &manifest.id)? {
         return Err(AckError::Rejected(manifest.id));
     }
-    if manifest.suspect.is_none() && !is_contested(repo, &manifest.id) {
+    if manifest.suspect.is_none() && !is_contested(repo, &manifest.id)? {
         return Err(AckError::NotSuspect(manifest.id));
     }
     let ack = Ack::new(&manifest.id, operator, note, now);
-    match write(repo, Kind::Ack, &ack)? {
+    match repo.create(&Verdict::<Acked>::new(ack.clone()))? {
         Published::Created => Ok(ack),
         Published::AlreadyExisted => Err(AckError::AlreadyAcknowledged(
             manifest.id.clone(),
@@ -194,7 +164,7 @@ pub fn acknowledge(
 /// Rejects a snapshot (suspect or not; `name` is an id): from now on it is no delta base,
 /// baseline or `latest`, takes no retention slot and pins nothing.
 pub fn reject(
-    repo: &Repository,
+    repo: &Maintainer,
     name: &str,
     operator: &str,
     note: Option<&str>,
@@ -208,7 +178,7 @@ pub fn reject(
     }
     let manifest = repo.resolve_any(name)?;
     let record = Ack::new(&manifest.id, operator, note, now);
-    match write(repo, Kind::Reject, &record)? {
+    match repo.create(&Verdict::<Rejected>::new(record.clone()))? {
         Published::Created => Ok(record),
         Published::AlreadyExisted => Err(AckError::AlreadyRejected(
             manifest.id.clone(),
@@ -218,33 +188,28 @@ pub fn reject(
 }
 
 /// Marks `snapshot_id` contested (a second commit of its day was refused), write-once.
+/// Written by `serve`, so through the append capability.
 pub fn contest(
     repo: &Repository,
     snapshot_id: &str,
     note: &str,
     now: DateTime<Utc>,
 ) -> Result<(), AckError> {
-    write(
-        repo,
-        Kind::Contested,
-        &Ack::new(snapshot_id, "receiver", Some(note), now),
-    )
-    .map(drop)
+    let record = Verdict::<Contested>::new(Ack::new(snapshot_id, "receiver", Some(note), now));
+    repo.create(&record)?;
+    Ok(())
 }
 
 /// Records that a drill passed on `snapshot_id` (a second pass keeps the first record).
 pub fn record_drill_passed(
-    repo: &Repository,
+    repo: &Maintainer,
     snapshot_id: &str,
     note: &str,
     now: DateTime<Utc>,
 ) -> Result<(), AckError> {
-    write(
-        repo,
-        Kind::DrillPassed,
-        &Ack::new(snapshot_id, "drill", Some(note), now),
-    )
-    .map(drop)
+    let record = Verdict::<Drilled>::new(Ack::new(snapshot_id, "drill", Some(note), now));
+    repo.create(&record)?;
+    Ok(())
 }
 
 /// Choosing snapshots by their verdicts. Here, not in repository.rs, so the repository does
@@ -256,18 +221,16 @@ impl Repository {
     /// with the reason; the caller says so when it is allowed.
     pub fn resolve(&self, name: &str, allow_suspect: bool) -> Result<Manifest, RepoError> {
         if name == "latest" {
-            return self.latest_good()?.ok_or_else(|| {
-                if self.snapshot_ids().is_ok_and(|ids| ids.is_empty()) {
-                    RepoError::Empty
-                } else {
-                    RepoError::NoGoodSnapshot
-                }
-            });
+            return match self.latest_good()? {
+                Some(m) => Ok(m),
+                None if self.snapshot_ids()?.is_empty() => Err(RepoError::Empty),
+                None => Err(RepoError::NoGoodSnapshot),
+            };
         }
         Self::check_name(name)?;
         let m = self.load_manifest(name)?;
         if !allow_suspect {
-            if let Some(why) = not_good_because(self, &m) {
+            if let Some(why) = not_good_because(self, &m)? {
                 return Err(RepoError::NotGood { id: m.id, why });
             }
         }
@@ -290,100 +253,18 @@ impl Repository {
     /// guard's baseline, and `latest`.
     pub fn latest_good(&self) -> Result<Option<Manifest>, RepoError> {
         let mut found = None;
-        self.for_each_manifest_newest_first(|m| {
-            if is_good(self, &m) {
+        // A verdict that cannot be read stops the choice: an older snapshot is not
+        // `latest` because a newer one's rejection could not be read.
+        self.try_for_each_manifest_newest_first(|m| {
+            if is_good(self, &m)? {
                 found = Some(m);
-                return false;
+                return Ok::<_, RepoError>(false);
             }
-            true
+            Ok(true)
         })?;
         Ok(found)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use backup_common::manifest::{SnapshotStats, FORMAT_VERSION};
-
-    fn snap(id: &str, suspect: Option<&str>) -> Manifest {
-        Manifest {
-            format: FORMAT_VERSION,
-            id: id.into(),
-            time: Utc::now(),
-            sender_time: None,
-            source_host: "vps".into(),
-            peer_identity: "prod-vps".into(),
-            bucket: "b".into(),
-            dump: None,
-            objects: vec![],
-            stats: SnapshotStats::default(),
-            suspect: suspect.map(str::to_string),
-            measured: None,
-        }
-    }
-
-    #[test]
-    fn acks_are_write_once_and_make_a_snapshot_good() {
-        let d = tempfile::tempdir().unwrap();
-        let repo = Repository::open_or_init(d.path()).unwrap();
-        let good = snap("20260101T000000Z", None);
-        let bad = snap("20260102T000000Z", Some("empty"));
-        assert!(repo.publish_manifest(&good).unwrap());
-        assert!(repo.publish_manifest(&bad).unwrap());
-        assert_eq!(repo.latest_good().unwrap().unwrap().id, good.id);
-        assert!(is_suspect(&repo, &bad));
-        assert!(matches!(
-            acknowledge(&repo, &good.id, "op", None, Utc::now()),
-            Err(AckError::NotSuspect(_))
-        ));
-        let ack = acknowledge(
-            &repo,
-            "latest",
-            "op",
-            Some("bucket emptied on purpose"),
-            Utc::now(),
-        )
-        .unwrap();
-        assert_eq!(ack.snapshot, bad.id);
-        assert!(is_acknowledged(&repo, &bad.id));
-        assert!(!is_suspect(&repo, &bad));
-        assert_eq!(repo.latest_good().unwrap().unwrap().id, bad.id);
-        assert!(matches!(
-            acknowledge(&repo, &bad.id, "op", None, Utc::now()),
-            Err(AckError::AlreadyAcknowledged(..))
-        ));
-        assert!(!is_acknowledged(&repo, "../snapshots/20260102T000000Z"));
-    }
-
-    #[test]
-    fn a_rejected_snapshot_is_out_of_every_decision() {
-        let d = tempfile::tempdir().unwrap();
-        let repo = Repository::open_or_init(d.path()).unwrap();
-        let first = snap("20260101T000000Z", None);
-        let attacker = snap("20260102T000000Z", None);
-        let flagged = snap("20260103T000000Z", Some("inflated"));
-        for m in [&first, &attacker, &flagged] {
-            assert!(repo.publish_manifest(m).unwrap());
-        }
-        assert_eq!(repo.latest_good().unwrap().unwrap().id, attacker.id);
-        assert!(reject(&repo, "latest", "op", None, Utc::now()).is_err());
-        reject(&repo, &attacker.id, "op", Some("not ours"), Utc::now()).unwrap();
-        assert!(!is_good(&repo, &attacker));
-        assert_eq!(repo.latest_good().unwrap().unwrap().id, first.id);
-        assert!(matches!(
-            reject(&repo, &attacker.id, "op", None, Utc::now()),
-            Err(AckError::AlreadyRejected(..))
-        ));
-        reject(&repo, &flagged.id, "op", None, Utc::now()).unwrap();
-        assert!(!is_suspect(&repo, &flagged), "rejected: pins nothing");
-        assert!(matches!(
-            acknowledge(&repo, &flagged.id, "op", None, Utc::now()),
-            Err(AckError::Rejected(_))
-        ));
-        assert_eq!(
-            ids(&repo, Kind::Reject).unwrap(),
-            vec![attacker.id.clone(), flagged.id.clone()]
-        );
-    }
-}
+mod tests;

@@ -95,7 +95,9 @@ fn repo_with_snapshots() -> (tempfile::TempDir, std::path::PathBuf) {
     use chrono::TimeZone;
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("repo");
-    let repo = backup_receiver::store::repository::Repository::open_or_init(&root).unwrap();
+    let repo = backup_receiver::store::open::create_or_open(&root)
+        .unwrap()
+        .repository();
     let t = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap();
     super::maintenance::snapshot(&repo, "s1", t, b"night one", false);
     super::maintenance::snapshot(&repo, "s2", t + chrono::Duration::days(1), b"junk", true);
@@ -154,7 +156,7 @@ fn exit_2_for_usage_errors_and_unknown_snapshots() {
 fn exit_4_when_a_restore_is_incomplete() {
     use std::os::unix::fs::PermissionsExt;
     let (d, root) = repo_with_snapshots();
-    let repo = backup_receiver::store::repository::Repository::open(&root).unwrap();
+    let repo = backup_receiver::store::open::repository(&root).unwrap();
     let m = repo.load_manifest("s1").unwrap();
     let path = backup_receiver::store::fs::chunk_path(&root, &m.objects[0].chunks[0].id);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -207,8 +209,9 @@ fn exit_8_when_policy_refuses() {
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 1);
     // `latest` when every snapshot is suspect: refused without --allow-suspect.
     let only_suspect = tempfile::tempdir().unwrap();
-    let repo =
-        backup_receiver::store::repository::Repository::open_or_init(only_suspect.path()).unwrap();
+    let repo = backup_receiver::store::open::create_or_open(only_suspect.path())
+        .unwrap()
+        .repository();
     super::maintenance::snapshot(&repo, "s3", chrono::Utc::now(), b"junk", true);
     let (c, err) = code(&receiver(&[
         "restore",

@@ -66,7 +66,9 @@ fn text(o: &Output) -> String {
 fn prune_dry_run_trash_undelete_and_verify() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("repo");
-    let repo = Repository::open_or_init(&root).unwrap();
+    let repo = backup_receiver::store::open::create_or_open(&root)
+        .unwrap()
+        .repository();
     let r = root.to_str().unwrap();
     let day =
         |n: i64| Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap() + chrono::Duration::days(n);
@@ -161,7 +163,7 @@ fn prune_dry_run_trash_undelete_and_verify() {
         text(&bad)
     );
     assert!(root.join("quarantine").join(id.to_hex()).is_file());
-    assert!(!repo.has_chunk(&id));
+    assert!(!repo.has_chunk(&id).unwrap());
     // Without reading data, the now-missing chunk is still reported.
     let quick = receiver(&["verify", "--repo", r, "--json"], None);
     assert_eq!(quick.status.code(), Some(3));

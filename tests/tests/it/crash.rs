@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use backup_tests::checks::{
-    assert_verified, chunk_files, read_dir_names, receiver_cmd, receiver_spawn, referenced_chunks,
-    restore, sender_spawn, snapshot_ids, wait_until, FakeClock,
+    assert_verified, chunk_files, receiver_cmd, receiver_spawn, referenced_chunks, restore,
+    sender_spawn, snapshot_ids, trash_ids, wait_until, FakeClock,
 };
 use backup_tests::proxy::{Proxy, ProxyOptions};
 use backup_tests::stack::{noise, Stack, BUCKET};
@@ -228,7 +228,7 @@ async fn killed_during_prune_and_during_gc() {
     .await;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(read_dir_names(&repo.join("trash")).len(), 1);
+    assert_eq!(trash_ids(&repo).len(), 1);
     assert_eq!(snapshot_ids(&repo).len(), 3);
     stack.receiver.restart().await.unwrap();
     assert_verified(&repo);
@@ -252,7 +252,7 @@ async fn killed_during_prune_and_during_gc() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(read_dir_names(&repo.join("trash")).is_empty());
+    assert!(trash_ids(&repo).is_empty());
     let garbage = chunk_files(&repo).len() - referenced_chunks(&repo, false).len();
     assert!(garbage >= 2, "pruned snapshots left {garbage} chunks");
     let spec = format!("gc-after-first-remove={}", trigger.display());

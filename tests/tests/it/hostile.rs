@@ -8,7 +8,6 @@
 use std::os::unix::fs::PermissionsExt;
 
 use backup_common::proto;
-use backup_receiver::store::repository::Repository;
 use backup_tests::hostile::*;
 use backup_tests::stack::{noise, receiver_cli, Stack};
 use tonic::Code;
@@ -93,7 +92,7 @@ async fn chunk_whose_bytes_do_not_match_its_id_is_rejected_and_nothing_stored() 
 async fn reupload_of_an_existing_chunk_with_different_bytes_is_rejected_and_the_file_unchanged() {
     let (stack, baseline) = stack_with("").await;
     let before = Stored::capture(stack.repo());
-    let repo = Repository::open(stack.repo()).unwrap();
+    let repo = backup_receiver::store::open::repository(stack.repo()).unwrap();
     let manifest = repo.load_manifest(baseline.first()).unwrap();
     let victim = manifest.objects[0].chunks[0];
     let path = backup_receiver::store::fs::chunk_path(stack.repo(), &victim.id);
@@ -256,7 +255,7 @@ async fn sender_clock_in_2099_does_not_steer_the_snapshot_id_or_time() {
         reply.snapshot_id
     );
     assert_eq!(reply.time_unix, 1_930_367_167); // 2031-03-04T05:06:07Z
-    let m = Repository::open(stack.repo())
+    let m = backup_receiver::store::open::repository(stack.repo())
         .unwrap()
         .load_manifest(&reply.snapshot_id)
         .unwrap();
@@ -324,12 +323,12 @@ async fn ten_nights_of_empty_snapshots_cost_no_good_one() {
         );
         flood.push(reply.snapshot_id);
     }
-    let repo = Repository::open(stack.repo()).unwrap();
+    let repo = backup_receiver::store::open::repository(stack.repo()).unwrap();
     assert_eq!(repo.latest_good().unwrap().unwrap().id, good);
     for id in &flood {
         let m = repo.load_manifest(id).unwrap();
         assert!(
-            backup_receiver::monitoring::guard::is_suspect(&repo, &m),
+            backup_receiver::monitoring::guard::is_suspect(&repo, &m).unwrap(),
             "{id}"
         );
     }
@@ -410,11 +409,10 @@ async fn operator_ack_makes_a_suspect_snapshot_the_new_baseline() {
         .iter()
         .any(|r| r["event"] == "ack" && r["operator"] == "oma"));
 
-    let repo = Repository::open(stack.repo()).unwrap();
-    assert!(backup_receiver::monitoring::guard::is_acknowledged(
-        &repo,
-        &suspect.snapshot_id
-    ));
+    let repo = backup_receiver::store::open::repository(stack.repo()).unwrap();
+    assert!(
+        backup_receiver::monitoring::guard::is_acknowledged(&repo, &suspect.snapshot_id).unwrap()
+    );
     assert_eq!(repo.latest_good().unwrap().unwrap().id, suspect.snapshot_id);
     // The next empty night compares against the acknowledged one and is not suspect.
     let next = commit_empty(&mut c, 2).await.unwrap();

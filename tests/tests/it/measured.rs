@@ -52,7 +52,7 @@ async fn start(extra: &str) -> (Stack, Baseline) {
 }
 
 fn repo(stack: &Stack) -> Repository {
-    Repository::open(stack.repo()).unwrap()
+    backup_receiver::store::open::repository(stack.repo()).unwrap()
 }
 
 fn cli(stack: &Stack, args: &[&str]) -> std::process::Output {
@@ -248,13 +248,13 @@ async fn junk_after_the_honest_night_takes_no_slot_and_the_day_allows_one_commit
     // no delta base) until the operator, who was paged, acknowledges it.
     let r = repo(&stack);
     let honest = r.load_manifest(baseline.first()).unwrap();
-    assert!(!backup_receiver::store::verdicts::is_good(&r, &honest));
+    assert!(!backup_receiver::store::verdicts::is_good(&r, &honest).unwrap());
     let out = cli(
         &stack,
         &["ack", baseline.first(), "--note", "our nightly run"],
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(backup_receiver::store::verdicts::is_good(&r, &honest));
+    assert!(backup_receiver::store::verdicts::is_good(&r, &honest).unwrap());
 
     // Where an operator allows more commits a day, the junk is suspect: its copied row
     // counts are claims the dump's own table data contradicts, and it takes no slot.
@@ -472,7 +472,10 @@ async fn a_length_lie_is_refused_and_verify_never_quarantines_an_intact_chunk() 
         "only the lying manifest is named"
     );
     assert!(damage[0].get("quarantined").is_none());
-    assert!(repo(&stack).has_chunk(&id), "the intact chunk stays");
+    assert!(
+        repo(&stack).has_chunk(&id).unwrap(),
+        "the intact chunk stays"
+    );
     // And again: a later scrub changes nothing either.
     let again = cli(&stack, &["verify", "--read-data"]);
     assert_eq!(again.status.code(), Some(3));
@@ -822,7 +825,8 @@ async fn a_commit_before_the_honest_night_is_contested_and_never_copied() {
     assert!(!backup_receiver::store::verdicts::is_good(
         &r,
         &r.load_manifest(&attack.snapshot_id).unwrap()
-    ));
+    )
+    .unwrap());
     assert!(audit(stack.repo())
         .iter()
         .any(|a| a["event"] == "contested" && a["snapshots"][0] == attack.snapshot_id.as_str()));

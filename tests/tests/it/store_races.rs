@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use backup_tests::checks::{
     assert_verified, read_dir_names, receiver_cmd, receiver_spawn, restore, snapshot_ids,
-    wait_until, FakeClock,
+    trash_ids, wait_until, FakeClock,
 };
 use backup_tests::hostile::{
     begin, commit, dump, fake_dump, header, object, put_data, sender_client,
@@ -70,13 +70,13 @@ async fn undelete_waits_for_the_gc_mark_and_the_snapshot_keeps_its_chunks() {
         &["prune", "--config", &config],
         &[clock.env()],
     ));
-    assert_eq!(read_dir_names(&repo.join("trash")).len(), 1);
+    assert_eq!(trash_ids(&repo).len(), 1);
     assert!(!snapshot_ids(&repo).contains(&first));
 
-    // GC stops in its mark: the snapshots are read, the trash is not.
+    // GC stops in its mark, holding the mark lock: every manifest is read.
     let trigger = clock_dir.path().join("pause");
     std::fs::write(&trigger, b"armed").unwrap();
-    let spec = format!("gc-mark-before-trash={}", trigger.display());
+    let spec = format!("gc-mark-done={}", trigger.display());
     let mut gc = receiver_spawn(
         &["gc", "--config", &config],
         &[clock.env(), (PAUSE_ENV, &spec)],
@@ -104,7 +104,7 @@ async fn undelete_waits_for_the_gc_mark_and_the_snapshot_keeps_its_chunks() {
         },
     )
     .await;
-    assert_eq!(read_dir_names(&repo.join("trash")).len(), 1);
+    assert_eq!(trash_ids(&repo).len(), 1);
     assert!(!snapshot_ids(&repo).contains(&first));
 
     // The mark ends (here: the process dies, which releases the lock as well).
@@ -119,7 +119,7 @@ async fn undelete_waits_for_the_gc_mark_and_the_snapshot_keeps_its_chunks() {
         std::fs::read_to_string(&undelete_err).unwrap()
     );
     assert!(snapshot_ids(&repo).contains(&first));
-    assert!(read_dir_names(&repo.join("trash")).is_empty());
+    assert!(trash_ids(&repo).is_empty());
 
     // A full collection past the grace period keeps every chunk of the undeleted snapshot.
     ok(&receiver_cmd(&["gc", "--config", &config], &[clock.env()]));

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use backup_tests::checks::{
-    assert_verified, chunk_files, read_dir_names, receiver_cmd, referenced_chunks, restore,
-    snapshot_ids, wait_until, FakeClock,
+    assert_verified, chunk_files, receiver_cmd, referenced_chunks, restore, snapshot_ids,
+    trash_ids, wait_until, FakeClock,
 };
 use backup_tests::stack::{noise, Stack, BUCKET, DATABASE};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
@@ -160,7 +160,7 @@ async fn sixty_nights_keep_the_calendar_and_leave_no_garbage() {
     assert_eq!(restored.objects, target.objects, "objects of {}", target.id);
 
     // Pruned manifests are in the trash, their chunks still protected.
-    assert!(!read_dir_names(&repo.join("trash")).is_empty());
+    assert!(!trash_ids(&repo).is_empty());
     assert!(chunk_files(&repo).is_superset(&referenced_chunks(&repo, true)));
 
     // Past the trash and GC grace periods, serve's schedule empties the trash and sweeps.
@@ -168,10 +168,7 @@ async fn sixty_nights_keep_the_calendar_and_leave_no_garbage() {
     wait_until(
         "trash purge and garbage collection",
         Duration::from_secs(60),
-        || {
-            read_dir_names(&repo.join("trash")).is_empty()
-                && chunk_files(&repo) == referenced_chunks(&repo, false)
-        },
+        || trash_ids(&repo).is_empty() && chunk_files(&repo) == referenced_chunks(&repo, false),
     )
     .await;
     let remaining: BTreeSet<String> = snapshot_ids(&repo).into_iter().collect();

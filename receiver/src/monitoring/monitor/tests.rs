@@ -26,7 +26,9 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<(Signal, String)>) -> Vec<(Signal, Str
 #[tokio::test]
 async fn alerts_are_sent_once_per_onset_and_again_after_a_success() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::open_or_init(&dir.path().join("repo")).unwrap();
+    let repo = crate::store::open::create_or_open(&dir.path().join("repo"))
+        .unwrap()
+        .repository();
     let now = Arc::new(Mutex::new(
         DateTime::parse_from_rfc3339("2026-03-01T02:00:00Z")
             .unwrap()

@@ -26,7 +26,7 @@ impl Monitor {
     /// damage no earlier pass reported or declared chunks lost for good.
     pub fn verify_pass(&self, s: &VerifyState, outcome: &PassOutcome) {
         self.verify_restored(s);
-        self.state().quarantined = Some(outcome.quarantined);
+        self.state().quarantined = outcome.quarantined;
         if let Some(body) = outcome.alert() {
             self.ping(Signal::Fail, body);
         }

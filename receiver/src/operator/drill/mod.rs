@@ -115,11 +115,11 @@ pub fn select(
         Selector::OlderThan(min_age) => {
             let wanted = short_duration(min_age.as_secs());
             let mut manifests = Vec::new();
-            repo.for_each_manifest(|m| {
-                if crate::store::verdicts::is_good(repo, &m) {
+            repo.try_for_each_manifest(|m| {
+                if crate::store::verdicts::is_good(repo, &m)? {
                     manifests.push(m);
                 }
-                true
+                Ok::<_, RepoError>(true)
             })?;
             let cutoff =
                 now - chrono::Duration::from_std(*min_age).unwrap_or(chrono::Duration::MAX);
@@ -181,9 +181,11 @@ fn round_secs(d: Duration) -> f64 {
 fn explain(repo: &Repository, e: &RestoreError) -> String {
     let mut text = error_chain(e);
     if let RestoreError::Repo(RepoError::MissingChunk { id }) = e {
+        // The first copy of a quarantined chunk is `<hex>`; a store that cannot say
+        // leaves the hint out rather than guess.
         if repo
-            .store()
-            .has_object(crate::store::backend::Space::Quarantine, &id.to_hex())
+            .exists::<crate::store::records::quarantine::Quarantined>(&(*id, 0))
+            .unwrap_or(false)
         {
             text.push_str(
                 " (it is in quarantine/: verification found it corrupt; the next nightly \
@@ -240,7 +242,7 @@ pub async fn run_and_ping(
 /// directory); everything found while restoring goes into the report.
 pub async fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
     let started = Instant::now();
-    let repo = Repository::open(&opts.repo)?;
+    let repo = crate::store::open::repository(&opts.repo).map_err(RepoError::from)?;
     let manifest = select(&repo, &opts.selector, opts.now)?;
     tracing::info!(snapshot = %manifest.id, "restore drill starting");
     let scratch_parent = opts

@@ -95,14 +95,10 @@ impl Quota {
 
     /// Checks that `more` bytes fit above the free-space reserve.
     pub fn check_free(&self, more: u64) -> Result<(), QuotaError> {
-        let free = self
-            .repo
-            .store()
-            .free_space()
-            .map_err(|e| QuotaError::Statvfs {
-                path: PathBuf::from(self.repo.describe()),
-                message: e.to_string(),
-            })?;
+        let free = self.repo.free_space().map_err(|e| QuotaError::Statvfs {
+            path: PathBuf::from(self.repo.describe()),
+            message: e.to_string(),
+        })?;
         if free.saturating_sub(more) < self.min_free_bytes.saturating_add(self.audit_bytes) {
             return Err(QuotaError::Reserve {
                 free,
@@ -164,7 +160,9 @@ mod tests {
 
     fn quota(session: u64, daily: u64, reserve: u64) -> (tempfile::TempDir, Quota) {
         let d = tempfile::tempdir().unwrap();
-        let repo = Repository::open_or_init(d.path()).unwrap();
+        let repo = crate::store::open::create_or_open(d.path())
+            .unwrap()
+            .repository();
         let limits = Limits {
             max_session_bytes: std::num::NonZeroU64::new(session).unwrap(),
             max_daily_bytes: std::num::NonZeroU64::new(daily).unwrap(),

@@ -27,8 +27,8 @@ impl Mem {
 }
 
 impl StoreFacts for Mem {
-    fn usable(&self, id: &ChunkId) -> bool {
-        self.chunks.contains_key(id)
+    fn usable(&self, id: &ChunkId) -> Result<bool, RepoError> {
+        Ok(self.chunks.contains_key(id))
     }
     fn read(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, RepoError> {
         Ok(self.chunks.get(id).cloned())

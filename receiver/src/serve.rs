@@ -1,4 +1,8 @@
-//! Starts the gRPC service over TLS with required client certificates from the pinned CA
+//! `serve`'s composition root: opens (or creates) the repository with both capabilities,
+//! gives the gRPC service the append capability alone and keeps the maintain capability for
+//! the NAS's own schedules (retention, verification). Outside `service/` on purpose: nothing
+//! in `service/` can name the maintain capability (a unit test reads its sources to hold
+//! that). The service runs over TLS with required client certificates from the pinned CA
 //! (handshakes in `tls_accept`, so refused ones reach the audit log).
 
 use std::future::Future;
@@ -15,8 +19,7 @@ use crate::clock::Clock;
 use crate::monitoring::events::Refused;
 use crate::service::admission::tls_accept::{self, TlsMaterial};
 use crate::service::BackupService;
-use crate::store::leases;
-use crate::store::repository::Maintainer;
+use crate::store::{leases, open};
 
 /// HTTP/2 flow control: hyper's defaults (1 MiB per stream and per connection) let a
 /// sender's batches in flight share one 1 MiB window, so uploads stalled on window updates.
@@ -31,7 +34,8 @@ pub async fn serve_on(
     clock: Clock,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let maintainer = Maintainer::open_or_init(&config.repo)
+    // The one command that creates a repository where there is none.
+    let maintainer = open::create_or_open(&config.repo)
         .with_context(|| format!("repo: cannot open or create {}", config.repo.display()))?;
     // The network service gets the append capability only; maintenance keeps the rest.
     let repo = maintainer.repository();
@@ -114,4 +118,36 @@ pub async fn serve(
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     serve_on(config, listener, clock, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// The network service holds the append capability only: no file under `service/`
+    /// names the maintain capability, so a handler cannot be given it by accident.
+    #[test]
+    fn nothing_under_service_names_the_maintain_capability() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/service");
+        let mut stack = vec![root];
+        let mut read = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                // Unit tests may open a repository on disk; the service's code may not.
+                let code = text.split("#[cfg(test)]").next().unwrap();
+                if path.file_name().is_some_and(|n| n == "tests.rs") {
+                    continue;
+                }
+                read += 1;
+                for word in ["Maintainer", "MaintainStore", "store::open", "store::fs"] {
+                    assert!(!code.contains(word), "{} names {word}", path.display());
+                }
+            }
+        }
+        assert!(read > 10, "read the service's sources ({read} files)");
+    }
 }
