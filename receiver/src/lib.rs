@@ -22,3 +22,6 @@ pub mod serve;
 pub mod service;
 pub mod store;
 pub mod testhook;
+
+#[cfg(test)]
+mod tests;

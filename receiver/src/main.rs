@@ -32,7 +32,7 @@ async fn main() -> ExitCode {
     match cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!(
+            backup_common::eprintln_quiet!(
                 "error: {}",
                 escape_lines(&backup_common::error_chain(e.as_ref()))
             );

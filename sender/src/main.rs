@@ -91,7 +91,7 @@ async fn run_cmd(config: PathBuf, json: bool, tail: &LogTail) -> ExitCode {
             if let RunError::Suspect(summary) = &e {
                 print(summary);
             }
-            eprintln!("backup failed ({}): {e}", e.kind());
+            backup_common::eprintln_quiet!("backup failed ({}): {e}", e.kind());
             ExitCode::from(e.exit_code())
         }
     }

@@ -34,7 +34,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         repo.resolve(&args.snapshot, true)?
     };
     select(&mut manifest, &filter)?;
-    eprintln!(
+    backup_common::eprintln_quiet!(
         "restoring snapshot {} ({}, {} objects)",
         escape(&manifest.id),
         manifest.time.to_rfc3339(),
@@ -46,7 +46,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         let (repo, m, path) = (repo.clone(), manifest.clone(), path.clone());
         let bytes =
             tokio::task::spawn_blocking(move || restore::dump_to_file(&repo, &m, &path)).await??;
-        eprintln!("dump: {bytes} bytes verified and written");
+        backup_common::eprintln_quiet!("dump: {bytes} bytes verified and written");
     }
     if let Some(url) = &args.pg_restore {
         let (repo, m, url) = (repo.clone(), manifest.clone(), url.clone());
@@ -55,7 +55,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             restore::dump_to_pg_restore(&repo, &m, &bin, &url, &extra)
         })
         .await??;
-        eprintln!("pg_restore: {bytes} dump bytes verified and restored");
+        backup_common::eprintln_quiet!("pg_restore: {bytes} dump bytes verified and restored");
     }
     if let Some(dir) = &args.objects_out {
         let (repo, m, dir) = (repo.clone(), manifest.clone(), dir.clone());
@@ -64,15 +64,16 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         })
         .await??;
         for (key, e) in &outcome.failures {
-            eprintln!(
+            backup_common::eprintln_quiet!(
                 "object \"{}\" NOT restored: {}",
                 escape(key),
                 escape(&backup_common::error_chain(e))
             );
         }
-        eprintln!(
+        backup_common::eprintln_quiet!(
             "objects: {} objects, {} bytes verified and written",
-            outcome.restored.objects, outcome.restored.bytes
+            outcome.restored.objects,
+            outcome.restored.bytes
         );
         if !outcome.failures.is_empty() {
             return Err(CliError::RestoreIncomplete {
@@ -135,7 +136,7 @@ fn select(
         ))
         .into());
     }
-    eprintln!(
+    backup_common::eprintln_quiet!(
         "selected {} of {before} objects by --include/--exclude",
         manifest.objects.len()
     );
@@ -144,20 +145,20 @@ fn select(
 
 fn report_s3(t: &crate::operator::to_s3::S3Outcome) {
     for k in &t.overwritten {
-        eprintln!(
+        backup_common::eprintln_quiet!(
             "object \"{}\": other content in the bucket replaced (--overwrite)",
             escape(k)
         );
     }
     for s in &t.skipped {
-        eprintln!(
+        backup_common::eprintln_quiet!(
             "object \"{}\" SKIPPED: the bucket holds other content there ({} bytes{}); give --overwrite to replace it",
             escape(&s.key),
             s.live_size,
             s.live_hash.as_deref().map(|h| format!(", blake3 {h}")).unwrap_or_default()
         );
     }
-    eprintln!(
+    backup_common::eprintln_quiet!(
         "objects to S3: {} objects, {} bytes verified and uploaded; {} already identical; {} skipped",
         t.uploaded.objects,
         t.uploaded.bytes,
@@ -174,7 +175,7 @@ fn describe_choice(
     chosen: &backup_common::manifest::Manifest,
 ) -> Result<(), RepoError> {
     if let Some(why) = verdicts::not_good_because(repo, chosen)? {
-        eprintln!(
+        backup_common::eprintln_quiet!(
             "WARNING: snapshot {} is {why}; used because --allow-suspect was given",
             chosen.id
         );
@@ -186,7 +187,7 @@ fn describe_choice(
             .filter(|id| id.as_str() > chosen.id.as_str())
             .collect();
         if !newer.is_empty() {
-            eprintln!(
+            backup_common::eprintln_quiet!(
                 "latest good snapshot is {}; newer snapshot(s) not chosen because they are suspect or rejected: {}",
                 chosen.id,
                 newer.join(", ")

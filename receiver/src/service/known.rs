@@ -106,3 +106,59 @@ impl RecentUploads {
         mine.keys().copied().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backend::Space;
+    use crate::store::error::StoreErrorKind;
+    use crate::store::memory::{MemStore, Op};
+    use backup_common::manifest::{ChunkRef, ObjectEntry, SnapshotStats, FORMAT_VERSION};
+
+    #[test]
+    fn a_verdict_that_cannot_be_read_tells_the_network_nothing() {
+        let mem = MemStore::new();
+        let repo = Repository::new(Arc::new(mem.clone()));
+        let id = ChunkId([3; 32]);
+        let m = Manifest {
+            format: FORMAT_VERSION,
+            id: "s1".into(),
+            time: chrono::Utc::now(),
+            sender_time: None,
+            source_host: "vps".into(),
+            peer_identity: "prod-vps".into(),
+            bucket: "b".into(),
+            dump: None,
+            objects: vec![ObjectEntry {
+                key: "k".into(),
+                size: 1,
+                etag: String::new(),
+                hash: id,
+                chunks: vec![ChunkRef { id, len: 1 }],
+            }],
+            stats: SnapshotStats::default(),
+            suspect: None,
+            measured: None,
+        };
+        assert!(repo.publish_manifest(&m).unwrap());
+        for kind in [
+            StoreErrorKind::PermissionDenied,
+            StoreErrorKind::Unavailable,
+        ] {
+            for (op, space) in [
+                (Op::HasObject, Space::Rejects),
+                (Op::HasObject, Space::Contested),
+                (Op::List, Space::Acks),
+                (Op::List, Space::Trash),
+            ] {
+                mem.fail(op, Some(space), kind);
+                match KnownChunks::default().current(&repo) {
+                    Err(RepoError::Store(e)) => assert_eq!(e.kind(), kind),
+                    other => panic!("{op:?} {space:?}: {other:?}"),
+                }
+                mem.heal();
+            }
+        }
+        assert!(KnownChunks::default().current(&repo).unwrap().contains(&id));
+    }
+}

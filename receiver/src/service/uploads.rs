@@ -125,3 +125,31 @@ impl BackupService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::error::StoreErrorKind;
+    use crate::store::memory::{MemStore, Op};
+
+    #[test]
+    fn a_chunk_whose_in_use_mark_fails_is_an_error_not_a_new_chunk() {
+        let mem = MemStore::new();
+        let repo = Repository::new(Arc::new(mem.clone()));
+        let data = b"uploaded twice".to_vec();
+        let id = ChunkId::of(&data);
+        repo.put_chunk(&id, false, &data).unwrap();
+        let up = proto::ChunkUpload {
+            session_id: "s".into(),
+            id: id.0.to_vec(),
+            raw_len: data.len() as u32,
+            zstd: false,
+            data: data.into(),
+        };
+        let now = SystemTime::now();
+        assert_eq!(BackupService::verify_chunk(&repo, &up, now).unwrap(), None);
+        mem.fail(Op::MarkInUse, None, StoreErrorKind::Unavailable);
+        let e = BackupService::verify_chunk(&repo, &up, now).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    }
+}

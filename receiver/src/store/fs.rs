@@ -517,3 +517,6 @@ impl MaintainStore for FsStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -57,7 +57,15 @@ fn snapshots_on_a_directory_that_is_no_repository_names_the_problem() {
     // Exit code 6: the repository cannot be read (it was 1 before the exit-code table).
     assert_eq!(out.status.code(), Some(6));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is not a backup repository"), "{err}");
+    // Says what is there; only `serve` creates a repository, so nothing else mentions it.
+    assert!(
+        err.contains(&format!(
+            "no repository at {} (it has no repository.json)",
+            d.path().display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("serve") && !err.contains("creat"), "{err}");
     assert_eq!(
         std::fs::read_dir(d.path()).unwrap().count(),
         0,

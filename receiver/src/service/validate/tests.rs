@@ -250,6 +250,44 @@ fn chunks_the_session_may_not_name_are_missing() {
     }
 }
 
+/// A store that cannot say whether a chunk is there.
+struct Unsure(crate::store::error::StoreErrorKind);
+
+impl StoreFacts for Unsure {
+    fn usable(&self, id: &ChunkId) -> Result<bool, RepoError> {
+        Err(crate::store::error::StoreError::new(self.0, id.to_hex()).into())
+    }
+    fn read(&self, _: &ChunkId) -> Result<Option<Vec<u8>>, RepoError> {
+        unreachable!("presence is checked first")
+    }
+    fn older_good(&self, _: &mut dyn FnMut(&Manifest) -> bool) -> Result<(), RepoError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_chunk_lookup_that_fails_refuses_nothing_as_missing() {
+    let a = b"stored, but the store does not answer".to_vec();
+    let r = ChunkRef {
+        id: ChunkId::of(&a),
+        len: a.len() as u32,
+    };
+    for kind in [
+        crate::store::error::StoreErrorKind::PermissionDenied,
+        crate::store::error::StoreErrorKind::Unavailable,
+        crate::store::error::StoreErrorKind::Other,
+    ] {
+        match validate(
+            claim(None, vec![object("x", &a, vec![r])]).unwrap(),
+            None,
+            &Unsure(kind),
+        ) {
+            Err(Refusal::Store(RepoError::Store(e))) => assert_eq!(e.kind(), kind),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[test]
 fn chunk_lists_the_chunker_cannot_make_are_refused_while_streaming() {
     let mut store = Mem::default();
