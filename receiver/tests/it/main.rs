@@ -2,3 +2,4 @@
 
 mod cli;
 mod maintenance;
+mod store_errors;
