@@ -101,9 +101,9 @@ async fn check_cmd(config: PathBuf) -> ExitCode {
     let cfg = match SenderConfig::load(&config) {
         Ok(cfg) => cfg,
         Err(e) => {
-            let e = RunError::Config(e.into());
-            println!("FAIL configuration: {e}");
-            return ExitCode::from(e.exit_code());
+            // The line names the check once ("FAIL configuration: …"), not the wrapper too.
+            println!("FAIL configuration: {}", backup_common::error_chain(&e));
+            return ExitCode::from(RunError::Config(e.into()).exit_code());
         }
     };
     println!("ok   configuration: {}", config.display());

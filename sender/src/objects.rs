@@ -68,8 +68,10 @@ pub fn client(cfg: &ObjectsConfig) -> Result<S3, ObjectError> {
     ))
 }
 
-fn s3_message<E: std::error::Error>(e: E) -> String {
-    aws_sdk_s3::error::DisplayErrorContext(e).to_string()
+/// An SDK error as its chain of messages (`dispatch failure: io error: … Connection
+/// refused`), without the debug dump `DisplayErrorContext` appends.
+fn s3_message<E: std::error::Error + 'static>(e: E) -> String {
+    backup_common::error_chain(&e)
 }
 
 /// Lists the whole bucket. Folder markers (`dir/`, empty) are skipped; any other key that

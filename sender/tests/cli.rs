@@ -81,3 +81,27 @@ fn healthcheck_url_must_be_http() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("deadline"), "{err}");
 }
+
+#[test]
+fn check_names_a_bad_configuration_once_and_a_closed_stderr_is_no_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("sender.toml");
+    std::fs::write(&cfg, GOOD.replace("bucket =", "buckett =")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_backup-sender"))
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("FAIL configuration: "), "{text}");
+    assert!(!text.contains("configuration: configuration:"), "{text}");
+    // `run … 2>&1 | head -1`: the failed run still exits with its own code.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backup-sender"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(2));
+}

@@ -57,9 +57,10 @@ enum Live {
 }
 
 async fn live_state(target: &S3Target, o: &ObjectEntry) -> Result<Live, RestoreError> {
-    let s3err = |e: &dyn std::fmt::Display| RestoreError::S3 {
+    let s3err = |e: &(dyn std::error::Error + 'static)| RestoreError::S3 {
         key: o.key.clone(),
-        message: e.to_string(),
+        // The chain of messages, never the SDK's debug dump (`DispatchFailure { … }`).
+        message: backup_common::error_chain(e),
     };
     let head = target
         .client
@@ -73,7 +74,7 @@ async fn live_state(target: &S3Target, o: &ObjectEntry) -> Result<Live, RestoreE
         Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
             return Ok(Live::Absent)
         }
-        Err(e) => return Err(s3err(&aws_sdk_s3::error::DisplayErrorContext(e))),
+        Err(e) => return Err(s3err(&e)),
     };
     if size != o.size {
         return Ok(Live::Other { size, hash: None });
@@ -85,7 +86,7 @@ async fn live_state(target: &S3Target, o: &ObjectEntry) -> Result<Live, RestoreE
         .key(&o.key)
         .send()
         .await
-        .map_err(|e| s3err(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        .map_err(|e| s3err(&e))?;
     let mut body = got.body;
     let mut hasher = blake3::Hasher::new();
     let mut read = 0u64;
@@ -153,9 +154,10 @@ async fn upload_object(
 ) -> Result<(), RestoreError> {
     use aws_sdk_s3::primitives::ByteStream;
     use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-    let s3err = |e: &dyn std::fmt::Display| RestoreError::S3 {
+    let s3err = |e: &(dyn std::error::Error + 'static)| RestoreError::S3 {
         key: o.key.clone(),
-        message: e.to_string(),
+        // The chain of messages, never the SDK's debug dump (`DispatchFailure { … }`).
+        message: backup_common::error_chain(e),
     };
     // Parts are assembled on a blocking thread and handed over one at a time.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
@@ -212,7 +214,7 @@ async fn upload_object(
                 .body(ByteStream::from(first))
                 .send()
                 .await
-                .map_err(|e| s3err(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                .map_err(|e| s3err(&e))?;
         }
         Some(second) => {
             let upload = target
@@ -222,7 +224,7 @@ async fn upload_object(
                 .key(&o.key)
                 .send()
                 .await
-                .map_err(|e| s3err(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                .map_err(|e| s3err(&e))?;
             let upload_id = upload.upload_id().unwrap_or_default().to_string();
             let mut parts = Vec::new();
             let mut next = Some(first);
@@ -240,7 +242,7 @@ async fn upload_object(
                         .body(ByteStream::from(body))
                         .send()
                         .await
-                        .map_err(|e| s3err(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                        .map_err(|e| s3err(&e))?;
                     parts.push(
                         CompletedPart::builder()
                             .part_number(number)
@@ -281,7 +283,7 @@ async fn upload_object(
                 )
                 .send()
                 .await
-                .map_err(|e| s3err(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                .map_err(|e| s3err(&e))?;
         }
     }
     Ok(())

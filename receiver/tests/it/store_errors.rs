@@ -220,3 +220,42 @@ fn a_closed_stderr_does_not_turn_a_finished_restore_into_a_panic() {
     drop(child.stderr.take());
     assert_eq!(child.wait().unwrap().code(), Some(2));
 }
+
+#[test]
+fn an_unreachable_s3_endpoint_is_a_sentence_not_a_debug_dump() {
+    let (d, root) = repository();
+    let key = d.path().join("key");
+    std::fs::write(&key, "x").unwrap();
+    // A port nothing listens on: the connection is refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(BIN)
+        .args([
+            "restore",
+            "s1",
+            "--repo",
+            root.to_str().unwrap(),
+            "--objects-to-s3",
+        ])
+        .args(["--s3-endpoint", &format!("http://127.0.0.1:{port}")])
+        .args(["--s3-bucket", "familienarchiv", "--s3-access-key-file"])
+        .arg(&key)
+        .arg("--s3-secret-key-file")
+        .arg(&key)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("s1.pdf"), "names the object: {err}");
+    assert!(
+        err.contains("Connection refused"),
+        "says what happened: {err}"
+    );
+    for dump in ["DispatchFailure", "ConnectorError", "{ ", "Some("] {
+        assert!(!err.contains(dump), "debug output {dump:?} in {err}");
+    }
+}
