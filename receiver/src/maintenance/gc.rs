@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::store::backend::keep_marked;
 use crate::store::leases;
+use crate::store::records::trash::Tombstone;
 use crate::store::repository::{Maintainer, RepoError, Repository};
 use crate::testhook;
 
@@ -83,6 +84,11 @@ pub fn mark(repo: &Maintainer) -> Result<(HashSet<ChunkId>, u64), RepoError> {
             Err(RepoError::NoSuchSnapshot(_)) => continue, // purged before the lock
             Err(e) => return Err(e),
         }
+    }
+    // Every tombstone must be one: a trash entry of a receiver before tombstones holds the
+    // whole manifest (docs/adr/0010), and its chunks would be swept unmarked.
+    for k in repo.keys::<Tombstone>()? {
+        repo.read::<Tombstone>(&k)?;
     }
     testhook::pause(testhook::GC_MARK_DONE);
     Ok((set, count))

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use backup_common::durable::Published;
+use backup_common::manifest::Manifest;
 use chrono::{DateTime, Utc};
 
 use crate::store::backend::valid_name;
@@ -53,7 +54,7 @@ impl From<StoreError> for UndeleteError {
 /// (purged, or never there) or already in the trash.
 pub fn put(repo: &Maintainer, id: &str, now: DateTime<Utc>) -> Result<bool, RepoError> {
     Repository::check_name(id)?;
-    if !repo.exists::<backup_common::manifest::Manifest>(&id.to_string())? {
+    if !repo.exists::<Manifest>(&id.to_string())? {
         return Ok(false);
     }
     if repo.trashed()?.contains_key(id) {
@@ -112,7 +113,7 @@ pub fn purge(
     let tombstones = repo.keys::<Tombstone>()?;
     let undone = repo.keys::<Undeleted>()?;
     for e in &expired {
-        repo.remove::<backup_common::manifest::Manifest>(&e.id)?;
+        repo.remove::<Manifest>(&e.id)?;
         for k in tombstones.iter().filter(|k| k.snapshot == e.id) {
             repo.remove::<Tombstone>(k)?;
         }
@@ -171,17 +172,26 @@ pub fn undelete(
         .trashed()?
         .get(id)
         .ok_or_else(|| UndeleteError::NotInTrash(id.to_string()))?;
+    // Every tombstone still counting for it (two prunes may have raced), each read first:
+    // one that is not a tombstone (a trash entry from before tombstones) stops the
+    // undelete before anything is written, and so does a manifest that is not there.
+    let stones: Vec<_> = repo
+        .keys::<Tombstone>()?
+        .into_iter()
+        .filter(|k| k.snapshot == id)
+        .collect();
+    for k in &stones {
+        repo.read::<Tombstone>(k)?;
+    }
+    if !repo.exists::<Manifest>(&id.to_string())? {
+        return Err(UndeleteError::NotInTrash(id.to_string()));
+    }
     repo.create(&Hold {
         snapshot: id.to_string(),
         reason: "undeleted".into(),
         pruned_at: Some(pruned_at),
     })?;
-    // Every tombstone still counting for it (two prunes may have raced).
-    for k in repo
-        .keys::<Tombstone>()?
-        .into_iter()
-        .filter(|k| k.snapshot == id)
-    {
+    for k in stones {
         repo.create(&Undeleted {
             snapshot: k.snapshot.clone(),
             pruned_at: k.at,

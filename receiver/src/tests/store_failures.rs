@@ -367,3 +367,44 @@ fn a_lease_that_cannot_be_read_stops_the_cut_off_and_the_clean_up() {
         assert_eq!(leases::clean(&repo, day(2)).unwrap(), 1);
     }
 }
+
+#[test]
+fn a_trash_entry_from_before_tombstones_stops_gc_and_undelete_instead_of_losing_its_chunks() {
+    use crate::store::backend::AppendStore;
+    let mem = MemStore::new();
+    let repo = Maintainer::new(mem.clone());
+    let old = SystemTime::from(day(1));
+    let kept = chunk(&repo, b"kept", old);
+    snap(&repo, "s1", day(1), false, &[kept]);
+    // The earlier receiver moved the manifest itself into the trash.
+    let only_in_trash = chunk(&repo, b"only the old trash has it", old);
+    snap(&repo, "s2", day(2), false, &[only_in_trash]);
+    let body = serde_json::to_vec(&repo.load_manifest("s2").unwrap()).unwrap();
+    mem.create_object(Space::Trash, "s2@20260303T013000Z.json", &body)
+        .unwrap();
+    repo.remove::<Manifest>(&"s2".to_string()).unwrap();
+
+    let cut = SystemTime::from(day(9));
+    match gc::collect(&repo, cut, cut, false) {
+        Err(RepoError::Store(e)) => {
+            assert_eq!(e.kind(), StoreErrorKind::Corrupt);
+            assert!(
+                e.to_string().contains("trash/s2@20260303T013000Z.json"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("docs/adr/0010"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(repo.has_chunk(&only_in_trash).unwrap(), "nothing swept");
+    match trash::undelete(&repo, "s2", day(4)) {
+        Err(trash::UndeleteError::Repo(RepoError::Store(e))) => {
+            assert_eq!(e.kind(), StoreErrorKind::Corrupt)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(repo
+        .keys::<crate::store::records::hold::Hold>()
+        .unwrap()
+        .is_empty());
+}
