@@ -27,22 +27,15 @@ use std::time::{Duration, SystemTime};
 
 use backup_common::chunk::ChunkId;
 use backup_common::durable::{self, Published};
-use backup_common::manifest::FORMAT_VERSION;
-use serde::{Deserialize, Serialize};
 
 use crate::store::backend::{valid_name, AppendStore, LockGuard, MaintainStore, Space, Swept};
 use crate::store::error::{StoreError, StoreErrorKind};
 use crate::testhook;
 
 mod errno;
+mod marker;
 
-pub const MARKER: &str = "repository.json";
-
-#[derive(Serialize, Deserialize)]
-struct Marker {
-    format: u32,
-    kind: String,
-}
+pub use marker::MARKER;
 
 /// Maps an `io::Error` at `path` of the repository at `root`.
 fn io_err<'a>(root: &'a Path, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -56,29 +49,6 @@ fn absent_ok<T>(r: io::Result<T>) -> io::Result<Option<T>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// Why `root` cannot be opened as a repository, when it cannot.
-fn check_marker(root: &Path) -> Result<(), StoreError> {
-    let marker = root.join(MARKER);
-    match fs::metadata(&marker) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(no_repository(root, &format!("{MARKER} is not a file"))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(match fs::metadata(root) {
-            Ok(m) if m.is_dir() => no_repository(root, &format!("it has no {MARKER}")),
-            Ok(_) => no_repository(root, "it is not a directory"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                no_repository(root, "it does not exist")
-            }
-            Err(e) => errno::store_error(root, root, e),
-        }),
-        Err(e) => Err(errno::store_error(root, &marker, e)),
-    }
-}
-
-fn no_repository(root: &Path, why: &str) -> StoreError {
-    StoreError::new(StoreErrorKind::NotFound, root.display().to_string())
-        .with_message(format!("no repository at {} ({why})", root.display()))
 }
 
 /// The file of chunk `id` under repository `root` (for messages and tests that damage
@@ -102,7 +72,7 @@ pub struct FsStore {
 impl FsStore {
     /// Opens an existing repository.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        check_marker(root)?;
+        marker::check(root)?;
         let store = FsStore {
             root: root.to_path_buf(),
             unsynced: Arc::default(),
@@ -117,19 +87,14 @@ impl FsStore {
     /// Opens the repository at `root`, creating an empty one if there is none (only when
     /// there is none: a marker that cannot be read is an error, not an absence).
     pub fn open_or_init(root: &Path) -> Result<Self, StoreError> {
-        if let Err(e) = check_marker(root) {
+        if let Err(e) = marker::check(root) {
             if !e.is_not_found() {
                 return Err(e);
             }
             durable::create_private_dir_all(root).map_err(io_err(root, root))?;
             let tmp = root.join("tmp");
             durable::create_private_dir_all(&tmp).map_err(io_err(root, &tmp))?;
-            let marker = serde_json::to_vec_pretty(&Marker {
-                format: FORMAT_VERSION,
-                kind: "familienarchiv-backup".into(),
-            })
-            .expect("marker serializes");
-            durable::write_once(&tmp, root, MARKER, &marker).map_err(io_err(root, root))?;
+            marker::write(root, &tmp).map_err(io_err(root, root))?;
         }
         Self::open(root)
     }
