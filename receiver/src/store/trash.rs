@@ -111,6 +111,11 @@ pub fn purge(
     let _lock = repo.lock_mark(true)?.expect("a waiting lock is taken");
     let expired = expired()?;
     let tombstones = repo.keys::<Tombstone>()?;
+    // Each is read before any is removed: a trash entry from before tombstones holds the
+    // only copy of its manifest (docs/adr/0010) and must stop the purge, not go with it.
+    for k in &tombstones {
+        repo.read::<Tombstone>(k)?;
+    }
     let undone = repo.keys::<Undeleted>()?;
     for e in &expired {
         repo.remove::<Manifest>(&e.id)?;

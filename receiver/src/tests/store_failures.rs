@@ -407,4 +407,13 @@ fn a_trash_entry_from_before_tombstones_stops_gc_and_undelete_instead_of_losing_
         .keys::<crate::store::records::hold::Hold>()
         .unwrap()
         .is_empty());
+    // Nor does the prune's purge take the old entry (the only copy of its manifest).
+    match prune::prune(&repo, &prune_cfg(), day(9), false) {
+        Err(RepoError::Store(e)) => assert_eq!(e.kind(), StoreErrorKind::Corrupt),
+        other => panic!("{other:?}"),
+    }
+    assert!(mem
+        .read_object(Space::Trash, "s2@20260303T013000Z.json")
+        .unwrap()
+        .is_some());
 }
