@@ -70,8 +70,9 @@ pub struct FsStore {
 }
 
 impl FsStore {
-    /// Opens an existing repository.
-    pub fn open(root: &Path) -> Result<Self, StoreError> {
+    /// Opens an existing repository (through store/open.rs, which puts the capabilities
+    /// over it).
+    pub(in crate::store) fn open(root: &Path) -> Result<Self, StoreError> {
         marker::check(root)?;
         let store = FsStore {
             root: root.to_path_buf(),
@@ -86,7 +87,7 @@ impl FsStore {
 
     /// Opens the repository at `root`, creating an empty one if there is none (only when
     /// there is none: a marker that cannot be read is an error, not an absence).
-    pub fn open_or_init(root: &Path) -> Result<Self, StoreError> {
+    pub(in crate::store) fn open_or_init(root: &Path) -> Result<Self, StoreError> {
         if let Err(e) = marker::check(root) {
             if !e.is_not_found() {
                 return Err(e);
