@@ -386,6 +386,8 @@ pub fn spawn(
         // (unlike a state that is unreadable garbage) is retried, never taken for "nothing
         // remembered": a fresh state's save would remove the one it could not read.
         let mut loaded: Option<VerifyState> = None;
+        // A fresh cycle starts when the schedule did, not when the state was first read.
+        let started = clock();
         // After a failed pass: not again before this (receiver clock).
         let mut retry_at: Option<DateTime<Utc>> = None;
         let retry_after = chrono::Duration::from_std(cfg.interval).unwrap_or(chrono::Duration::MAX);
@@ -404,7 +406,7 @@ pub fn spawn(
                             monitor.verify_restored(&s);
                             s
                         }
-                        Ok(Ok(None)) => VerifyState::fresh(now),
+                        Ok(Ok(None)) => VerifyState::fresh(started),
                         Ok(Err(e)) => {
                             tracing::error!(error = %e, "cannot read the verify state");
                             monitor.verify_failed(&format!("cannot read the verify state: {e}"));

@@ -66,6 +66,8 @@ pub fn put(repo: &Maintainer, id: &str, now: DateTime<Utc>) -> Result<bool, Repo
     };
     match repo.create(&stone)? {
         Published::Created => Ok(true),
+        // A concurrent prune (the CLI's and the schedule's) trashed it in the same second.
+        Published::AlreadyExisted if !repo.exists::<Undeleted>(&stone.key())? => Ok(false),
         // Pruned, undeleted and pruned again within one second of the receiver's clock:
         // the tombstone's name is taken by the undone one.
         Published::AlreadyExisted => Err(StoreError::new(
@@ -212,4 +214,47 @@ pub fn undelete(
 /// Whether an operator brought snapshot `id` back with `undelete` (and the hold stands).
 pub fn is_held(repo: &Repository, id: &str) -> Result<bool, RepoError> {
     Ok(repo.exists::<Hold>(&id.to_string())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemStore;
+    use backup_common::manifest::{SnapshotStats, FORMAT_VERSION};
+
+    #[test]
+    fn a_snapshot_is_trashed_once_and_an_undone_prune_of_the_same_second_is_refused() {
+        let repo = Maintainer::new(MemStore::new());
+        let t: DateTime<Utc> = "2026-03-01T02:30:00Z".parse().unwrap();
+        let m = Manifest {
+            format: FORMAT_VERSION,
+            id: "s1".into(),
+            time: t,
+            sender_time: None,
+            source_host: "vps".into(),
+            peer_identity: "prod-vps".into(),
+            bucket: "b".into(),
+            dump: None,
+            objects: vec![],
+            stats: SnapshotStats::default(),
+            suspect: None,
+            measured: None,
+        };
+        assert!(repo.publish_manifest(&m).unwrap());
+        assert!(!put(&repo, "s9", t).unwrap(), "no such snapshot");
+        assert!(put(&repo, "s1", t).unwrap());
+        assert!(!put(&repo, "s1", t).unwrap(), "in the trash already");
+        assert_eq!(entries(&repo).unwrap()[0].id, "s1");
+        assert!(repo.snapshot_ids().unwrap().is_empty());
+        undelete(&repo, "s1", t).unwrap();
+        assert_eq!(repo.snapshot_ids().unwrap(), ["s1"]);
+        // The undone tombstone holds the name of a prune in the same second.
+        let e = put(&repo, "s1", t).unwrap_err();
+        assert!(
+            e.to_string().contains("undeleted in this same second"),
+            "{e}"
+        );
+        assert!(put(&repo, "s1", t + chrono::Duration::seconds(1)).unwrap());
+        assert!(entries(&repo).unwrap().len() == 1);
+    }
 }
