@@ -6,6 +6,7 @@
 //! one network call is [`ping`]: a single bounded HTTP request to a dead-man's switch,
 //! shared so both programs speak the healthchecks.io protocol the same way.
 
+pub mod bar_log;
 pub mod bounded;
 pub mod chunk;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod durable;
 pub mod keys;
 pub mod manifest;
 pub mod ping;
+pub mod report;
 pub mod retention;
 pub mod s3;
 pub mod stderr;

@@ -20,3 +20,11 @@ pub fn client(
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
+
+/// An SDK error as one line for a message: the error and each cause by its `Display`
+/// (`dispatch failure: io error: … Connection refused`). The SDK's own
+/// `DisplayErrorContext` appends a `Debug` dump (`DispatchFailure { … }`) that an
+/// operator should never have to read.
+pub fn error_text<E: std::error::Error + 'static>(e: &E) -> String {
+    crate::error_chain(e)
+}

@@ -3,13 +3,13 @@
 //! finished restore into exit 101. A message nobody can read any more is dropped; the
 //! command's outcome and exit code stay what they were.
 
-use std::io::Write;
-
-/// Writes `text` and a newline to stderr, ignoring a closed or failing stderr.
+/// Writes `text` and a newline to stderr, ignoring a closed or failing stderr; around a
+/// progress bar while one is drawn (crate::bar_log), never onto it.
 pub fn line(text: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(text.as_bytes());
-    let _ = err.write_all(b"\n");
+    let mut bytes = Vec::with_capacity(text.len() + 1);
+    bytes.extend_from_slice(text.as_bytes());
+    bytes.push(b'\n');
+    crate::bar_log::write_stderr(&bytes);
 }
 
 /// `eprintln!` that never panics: formats its arguments and writes them with [`line`].

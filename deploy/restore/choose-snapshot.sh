@@ -10,7 +10,7 @@
 #   1. the audit log's suspect snapshots, refused commits and acknowledgements;
 #   2. the good snapshots taken before BEFORE, newest first, with the drills they passed
 #      (reports kept by drill.sh, and the passes the receiver records itself); good is the
-#      receiver's own verdict (`snapshots --json` status "good" or "acknowledged": not
+#      receiver's own verdict (`snapshots --json`: a row's status "good" or "acknowledged": not
 #      flagged, or flagged and acknowledged, and not rejected);
 #   3. "newest good:" and "newest drilled:" - the candidates. Prefer the drilled one after
 #      a compromise; otherwise take the newest good one (and drill it, §5.1).
@@ -58,26 +58,29 @@ fi
 drills='[]'
 set -- "$DRILL_REPORTS"/*.json
 if [ -e "$1" ]; then
+    # Reports name the snapshot `snapshot_id` (`snapshot` before the JSON convention).
     drills=$(jq -n -c '[inputs | select(.passed == true)
-        | {snapshot, drilled: (input_filename | split("/") | last | split("-") | first)}]' "$@")
+        | {snapshot: (.snapshot_id // .snapshot),
+           drilled: (input_filename | split("/") | last | split("-") | first)}]' "$@")
 fi
 
 echo
 echo "== Good snapshots taken before $before, newest first"
 "$BACKUP_RECEIVER" snapshots --repo "$REPO" --json | jq -r \
     --arg before "$before" --argjson drills "$drills" '
-    map(select(.time < $before)
+    .snapshots
+    | map(select(.time < $before)
         | . as $s
         | select(.status == "good" or .status == "acknowledged")
-        | .passed = ([$drills[] | select(.snapshot == $s.id) | .drilled]
+        | .passed = ([$drills[] | select(.snapshot == $s.snapshot_id) | .drilled]
                      + (if .drilled then ["(recorded by the receiver)"] else [] end)
                      | unique))
     | sort_by(.time) | reverse
-    | (.[] | "\(.id)  \(.time)  "
+    | (.[] | "\(.snapshot_id)  \(.time)  "
             + (if .status == "acknowledged" then "(acknowledged suspect) " else "" end)
             + (if .passed == [] then "no drill passed"
                else "drill passed " + (.passed | join(", ")) end)),
       "",
-      "newest good:     " + (first(.[] | "\(.id) (\(.time))") // "none"),
-      "newest drilled:  " + (first(.[] | select(.passed != []) | "\(.id) (\(.time))")
+      "newest good:     " + (first(.[] | "\(.snapshot_id) (\(.time))") // "none"),
+      "newest drilled:  " + (first(.[] | select(.passed != []) | "\(.snapshot_id) (\(.time))")
                              // "none: drill the newest good one first (drill.sh ID)")'

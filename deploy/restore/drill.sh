@@ -5,7 +5,8 @@
 #   drill.sh SNAPSHOT_ID          drill that snapshot
 #   drill.sh --older-than 30d     the newest snapshot at least 30 days old (as the timer)
 #
-# Runs `backup-receiver drill --config CONFIG --json ARGS`, keeps the JSON report as
+# Runs `backup-receiver drill --config CONFIG --json ARGS`, keeps the JSON report (the
+# envelope of docs/json/schema.json) as
 # DRILL_REPORTS/<UTC time>-<snapshot>.json, prints a summary and exits with the drill's
 # status (0 only when every table count, sanity query and object matched).
 #
@@ -27,7 +28,7 @@ tmp=$(mktemp "$DRILL_REPORTS/.drill.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
 status=0
 "$BACKUP_RECEIVER" drill --config "$CONFIG" --json "$@" >"$tmp" || status=$?
-snapshot=$(jq -r '.snapshot | strings' "$tmp" 2>/dev/null || true)
+snapshot=$(jq -r '.snapshot_id | strings' "$tmp" 2>/dev/null || true)
 case $snapshot in
 '' | *[!A-Za-z0-9_.-]*)
     echo "$0: the drill did not run (exit status $status); its error is above" >&2
@@ -37,7 +38,7 @@ esac
 report="$DRILL_REPORTS/$(date -u +%Y%m%dT%H%M%SZ)-$snapshot.json"
 mv "$tmp" "$report"
 jq -r '
-    "snapshot \(.snapshot) (\(.snapshot_time), \(.age) old): "
+    "snapshot \(.snapshot_id) (\(.time), \(.age) old): "
         + (if .passed then "PASSED" else "FAILED" end) + " in \(.seconds) s",
     (.tables[] | "  table \(.table): \(.actual // "not restored") rows, recorded \(.expected // "none")"),
     "  objects: \(.objects.restored) of \(.objects.expected) restored, \(.objects.bytes) bytes, \(.objects.failed) failed",

@@ -5,15 +5,16 @@
 use std::process::ExitCode;
 
 use backup_common::term::escape_lines;
-use backup_receiver::cli::{self, args::Cli, exit};
+use backup_receiver::cli::{self, args::Cli, exit, report};
 use clap::Parser;
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Log lines go around a progress bar, and a closed stderr never panics.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(backup_common::bar_log::StderrThroughBar);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         builder.init();
     } else {
@@ -29,6 +30,7 @@ async fn main() -> ExitCode {
     backup_receiver::operator::out::quiet_broken_pipe();
     // Usage errors exit 2 (clap's code, the table's too).
     let cli = Cli::parse();
+    let json = cli.json_command();
     match cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -36,6 +38,10 @@ async fn main() -> ExitCode {
                 "error: {}",
                 escape_lines(&backup_common::error_chain(e.as_ref()))
             );
+            // With --json, a command that failed before its report still reports.
+            if let Some(command) = json.filter(|_| !report::printed()) {
+                report::print_failure(command, &e);
+            }
             ExitCode::from(exit::classify(&e).code())
         }
     }

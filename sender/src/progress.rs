@@ -1,5 +1,7 @@
 //! Progress on a terminal: bytes read from the sources, bytes sent, objects done and the
-//! rate. Hidden when stderr is not a terminal (the structured logs speak there).
+//! rate. Hidden when stderr is not a terminal (the structured logs speak there). While it
+//! is drawn, log lines go around it (backup_common::bar_log; main's tracing writer), so a
+//! log line never lands on the bar.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,7 @@ impl Progress {
             )
             .expect("valid template"),
         );
+        backup_common::bar_log::show(&bar);
         Progress {
             bar,
             sent: Arc::default(),
@@ -68,6 +71,8 @@ impl Progress {
     }
 
     pub fn finish(&self) {
+        // The last bar of the run: log lines go straight to stderr again.
+        backup_common::bar_log::hide_all();
         self.bar.finish_and_clear();
     }
 }

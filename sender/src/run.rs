@@ -121,6 +121,8 @@ impl From<ObjectError> for RunError {
 /// What a successful run did: printed at the end and sent with the success ping.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// In JSON the envelope's `snapshot_id` (backup_common::report), not a body field.
+    #[serde(skip)]
     pub snapshot_id: String,
     pub dump_bytes: u64,
     pub dump_file: String,

@@ -105,3 +105,67 @@ fn check_names_a_bad_configuration_once_and_a_closed_stderr_is_no_panic() {
     drop(child.stderr.take());
     assert_eq!(child.wait().unwrap().code(), Some(2));
 }
+
+fn sender(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_backup-sender"))
+        .args(args)
+        .output()
+        .expect("run backup-sender")
+}
+
+#[test]
+fn help_describes_every_option_and_shows_examples_and_exit_codes() {
+    for command in ["run", "check"] {
+        let out = sender(&[command, "--help"]);
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        let options = help
+            .split("Options:\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{help}"));
+        for line in options.lines().take_while(|l| l.starts_with("  ")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            // `--config <CONFIG>  sender.toml …`: a description after the flag.
+            let described = words
+                .iter()
+                .skip_while(|w| w.starts_with('-') || w.starts_with('<'))
+                .count();
+            assert!(
+                described > 0,
+                "{command}: {line:?} has no description\n{help}"
+            );
+        }
+        assert!(
+            help.contains(&format!("Examples:\n  backup-sender {command} --config ")),
+            "{help}"
+        );
+        assert!(help.contains("Exit codes:\n  0  success"), "{help}");
+        assert!(help.contains("  7  suspect"), "{help}");
+    }
+}
+
+#[test]
+fn run_json_reports_a_failure_too_and_check_names_the_problem_once() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("sender.toml");
+    let out = sender(&["run", "--json", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(v["command"], "run");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["snapshot_id"], serde_json::Value::Null);
+    assert_eq!(v["error"]["kind"], "config");
+    assert_eq!(v["error"]["exit_code"], 2);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sender.toml"),
+        "{v}"
+    );
+    let out = sender(&["check", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("FAIL configuration: "), "{text}");
+    assert_eq!(text.matches("configuration:").count(), 1, "{text}");
+}

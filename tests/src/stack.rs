@@ -385,7 +385,7 @@ impl Stack {
         Ok(())
     }
 
-    /// Snapshot rows as `backup-receiver snapshots --json` prints them.
+    /// Snapshot rows as `backup-receiver snapshots --json` lists them (its `snapshots`).
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
         let out = receiver_cli(&[
             "snapshots",
@@ -398,7 +398,12 @@ impl Stack {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("snapshots json")
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("snapshots json");
+        report["snapshots"]
+            .as_array()
+            .expect("a snapshots list")
+            .clone()
     }
 }
 

@@ -1,43 +1,97 @@
-//! The receiver's command line: what an operator can type, with its `--help` text.
+//! The receiver's command line: what an operator can type, with its `--help` text. Every
+//! option has a description and every command examples and the rows of the exit-code
+//! table it can end with (`exit::command_help`; a test holds both). The browsing,
+//! restore and drill arguments live beside their commands (browse.rs, restore.rs,
+//! drill.rs).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::config::{ReceiverConfig, RetentionConfig};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use super::browse::{DiffArgs, DumpArgs, FindArgs, LsArgs};
-use super::exit::{CliError, EXIT_CODES_HELP};
+pub use super::browse::{DiffArgs, DumpArgs, FindArgs, LsArgs};
+pub use super::drill::DrillArgs;
+use super::exit::{command_help, table_help, CliError, Exit::*};
+pub use super::restore::RestoreArgs;
 use crate::maintenance::verify;
 use crate::store::open;
 use crate::store::repository::{Maintainer, Repository};
+
+/// How a snapshot is named wherever one is (restore, ls, dump, diff, drill).
+pub const SNAPSHOT_HELP: &str = "The snapshot: an id, or a unique prefix of one (20260105, \
+20260105T0130); latest (the newest good snapshot); latest~N (N good snapshots before \
+latest); or a day, 2026-01-05 (its newest good snapshot, in the retention time zone)";
+
+/// `--as-of`, wherever a snapshot is named.
+pub const AS_OF_HELP: &str = "Instead of naming a snapshot: the newest good one committed \
+at or before TIME (receiver clock): RFC 3339 (2026-01-05T14:00:00Z), a wall-clock time of \
+the retention time zone (\"2026-01-05 14:00\"; a day means its end) or a time before now \
+(\"10 days ago\", \"36h ago\")";
 
 #[derive(Parser)]
 #[command(
     name = "backup-receiver",
     version,
     about = "Write-once backup receiver for the family archive (runs on heim-nas)",
-    after_help = EXIT_CODES_HELP
+    after_help = table_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+impl Cli {
+    /// The command's name in its JSON report, when `--json` was given.
+    pub fn json_command(&self) -> Option<&'static str> {
+        use Command as C;
+        let (name, json) = match &self.command {
+            C::Snapshots { json, .. } => ("snapshots", *json),
+            C::Ls(a) => ("ls", a.json),
+            C::Find(a) => ("find", a.json),
+            C::Diff(a) => ("diff", a.json),
+            C::Restore(a) => ("restore", a.json),
+            C::Drill(a) => ("drill", a.json),
+            C::Prune { json, .. } => ("prune", *json),
+            C::Undelete { json, .. } => ("undelete", *json),
+            C::Gc { json, .. } => ("gc", *json),
+            C::Verify { json, .. } => ("verify", *json),
+            C::Ack { json, .. } => ("ack", *json),
+            C::Reject { json, .. } => ("reject", *json),
+            C::Serve { .. } | C::Dump(_) | C::Certs(_) => return None,
+        };
+        json.then_some(name)
+    }
+}
+
 // Parsed once per process: the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the gRPC service that accepts nightly snapshots (mutual TLS).
+    /// Run the gRPC service that accepts nightly snapshots (mutual TLS), with its own
+    /// schedules for prune, garbage collection and verification.
+    #[command(after_help = command_help(
+        &["backup-receiver serve --config /etc/familienarchiv-backup/receiver.toml"],
+        &[Success, Failure, Usage, Config, RepositoryUnreadable],
+    ))]
     Serve {
+        /// receiver.toml (see deploy/receiver.toml).
         #[arg(long, env = "BACKUP_RECEIVER_CONFIG")]
         config: PathBuf,
     },
-    /// List the snapshots in a repository.
+    /// List the snapshots in a repository: id, commit time (in the retention time zone),
+    /// sizes, status (good, suspect, acknowledged, rejected) and flags.
+    #[command(after_help = command_help(
+        &[
+            "backup-receiver snapshots --repo /srv/backup/familienarchiv",
+            "backup-receiver snapshots --json | jq -r '.snapshots[] | select(.status == \"good\") | .snapshot_id'",
+        ],
+        &[Success, Failure, Usage, Config, RepositoryUnreadable, ClosedStdout],
+    ))]
     Snapshots {
         #[command(flatten)]
         target: RepoArgs,
-        /// Print JSON instead of a table.
+        /// Print the JSON report (docs/json/schema.json) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -45,46 +99,68 @@ pub enum Command {
     Find(FindArgs),
     Diff(DiffArgs),
     Dump(DumpArgs),
-    /// Restore a snapshot (an id, or `latest`). Every byte is checked against the manifest.
-    /// Files are written 0600, directories 0700, only into a new or empty directory and
-    /// never through a link. Exit code 4 when some objects could not be restored (each
-    /// is named; the others are restored).
     Restore(RestoreArgs),
-    /// Restore drill: restore a snapshot into a sandbox and check it (row counts, sanity
-    /// queries, every object's hash). The dump is restored as a role that is not a
-    /// superuser; as root, the sandbox runs as [drill] sandbox_user with no network.
-    /// Exit 0 only when everything matched; 7 when the drill ran and did not pass.
     Drill(DrillArgs),
     /// Apply the retention policy: move snapshots it does not keep to the trash, and
-    /// remove trash entries whose grace period has passed. Uses the receiver's clock.
+    /// remove trash entries whose grace period has passed. Counts days on the receiver's
+    /// clock in the retention time zone.
+    #[command(after_help = command_help(
+        &["backup-receiver prune --dry-run", "backup-receiver prune --json"],
+        &[Success, Failure, Usage, Config, RepositoryUnreadable, ClosedStdout],
+    ))]
     Prune {
         #[command(flatten)]
         target: RepoArgs,
         /// Print every snapshot with the reasons it is kept, or "would prune"; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the JSON report (every decision, what was pruned and purged).
+        #[arg(long)]
+        json: bool,
     },
     /// Bring a pruned snapshot back from the trash (during its grace period) and hold it
     /// against later prunes (remove REPO/holds/<id>.json to release it).
+    #[command(after_help = command_help(
+        &["backup-receiver undelete 20260105T013000Z"],
+        &[Success, Failure, Usage, Config, RepositoryUnreadable, Refused],
+    ))]
     Undelete {
+        /// The pruned snapshot's full id (`prune` printed it).
         snapshot: String,
         #[command(flatten)]
         target: RepoArgs,
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove chunks that no snapshot (kept or in the trash) references and that are older
     /// than retention.gc_grace or used by a session `serve` has open. Safe while backups
     /// run; an `undelete` waits while it marks.
+    #[command(after_help = command_help(
+        &["backup-receiver gc --dry-run", "backup-receiver gc --json"],
+        &[Success, Failure, Usage, Config, RepositoryUnreadable, ClosedStdout],
+    ))]
     Gc {
         #[command(flatten)]
         target: RepoArgs,
+        /// Count what would be freed; remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
     },
     /// Check that every chunk the snapshots reference exists (and with --read-data, that
     /// it decompresses and re-hashes correctly). Corrupt chunks are moved to
-    /// REPO/quarantine so the next nightly run uploads them again.
-    /// Exit code 3 when damage was found.
-    /// With --config, damage also sends a `/fail` ping to `monitoring.healthcheck_url`.
+    /// REPO/quarantine so the next nightly run uploads them again. With --config, damage
+    /// also sends a `/fail` ping to `monitoring.healthcheck_url`.
+    #[command(after_help = command_help(
+        &[
+            "backup-receiver verify",
+            "backup-receiver verify --read-data-subset 3/7 --json",
+        ],
+        &[Success, Failure, Usage, Damage, Config, RepositoryUnreadable, ClosedStdout],
+    ))]
     Verify {
         #[command(flatten)]
         target: RepoArgs,
@@ -94,7 +170,7 @@ pub enum Command {
         /// Re-read the slice N of M (e.g. 3/7): scrubs the whole store over M runs.
         #[arg(long, value_name = "N/M", value_parser = verify::ReadData::parse_subset)]
         read_data_subset: Option<verify::ReadData>,
-        /// Print the report as JSON.
+        /// Print the JSON report.
         #[arg(long)]
         json: bool,
     },
@@ -104,7 +180,12 @@ pub enum Command {
     /// Acknowledge a snapshot the anomaly guard marked suspect (an id, or `latest`).
     /// It then counts as good: it no longer pins older snapshots against retention and
     /// becomes the baseline for the next comparison. Written once to REPO/acks/<id>.json.
+    #[command(after_help = command_help(
+        &["backup-receiver ack 20260105T013000Z --note \"bucket cleaned up on purpose\""],
+        &[Success, Failure, Usage, Config, RepositoryUnreadable, Refused],
+    ))]
     Ack {
+        /// The suspect snapshot's id (or `latest`, the newest of any status).
         snapshot: String,
         #[command(flatten)]
         target: RepoArgs,
@@ -114,12 +195,20 @@ pub enum Command {
         /// Who acknowledges; defaults to $SUDO_USER, then $USER.
         #[arg(long)]
         operator: Option<String>,
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
     },
     /// Reject a snapshot (by its id): it is taken out of every decision (delta base, guard
     /// baseline, `latest`, retention slots, the chunks the network may learn exist) and
     /// kept on disk for forensics until retention lets it go. For a snapshot a compromised
     /// sender committed. Written once to REPO/rejects/<id>.json.
+    #[command(after_help = command_help(
+        &["backup-receiver reject 20260106T030000Z --note \"not the nightly job\""],
+        &[Success, Failure, Usage, Config, RepositoryUnreadable, Refused],
+    ))]
     Reject {
+        /// The snapshot's id.
         snapshot: String,
         #[command(flatten)]
         target: RepoArgs,
@@ -129,6 +218,9 @@ pub enum Command {
         /// Who rejects; defaults to $SUDO_USER, then $USER.
         #[arg(long)]
         operator: Option<String>,
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -168,6 +260,13 @@ impl RepoArgs {
         Ok(open::repository(&repo)?)
     }
 
+    /// The repository and the retention time zone (of --config, else the default) that
+    /// days and times on screen are read and shown in.
+    pub fn open_with_zone(&self) -> anyhow::Result<(Repository, chrono_tz::Tz)> {
+        let (repo, config) = self.resolve()?;
+        Ok((open::repository(&repo)?, zone(config.as_ref())))
+    }
+
     /// The repository with the maintain capability (prune, gc, verify, undelete).
     pub fn open_maintainer(&self) -> anyhow::Result<Maintainer> {
         let (repo, _) = self.resolve()?;
@@ -184,84 +283,22 @@ impl RepoArgs {
     }
 }
 
-#[derive(Args)]
-pub struct RestoreArgs {
-    /// Snapshot id, or `latest` (the newest good snapshot).
-    pub snapshot: String,
-    #[command(flatten)]
-    pub target: RepoArgs,
-    /// Restore only the objects whose key matches one of these globs (repeatable; `*`
-    /// stays within a path component, `**` crosses `/`: `briefe/1923/**`).
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Leave out the objects whose key matches one of these globs (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
-    /// With --objects-to-s3: replace an object the bucket holds with other content
-    /// (without it such objects are left alone and listed; exit code 4).
-    #[arg(long, requires = "objects_to_s3")]
-    pub overwrite: bool,
-    /// Let `latest` mean the newest snapshot whatever its status. (A snapshot named by
-    /// its id is restored whatever its status, with a warning when it is not good.)
-    #[arg(long)]
-    pub allow_suspect: bool,
-    /// Write the exact database dump file here (must not exist, not even as a link).
-    #[arg(long)]
-    pub dump_out: Option<PathBuf>,
-    /// Write every object below this directory, at its key. The directory must be new
-    /// or empty (and yours); anything in the way is refused, never followed or replaced.
-    #[arg(long)]
-    pub objects_out: Option<PathBuf>,
-    /// Stream the dump into pg_restore against this database URL.
-    #[arg(long)]
-    pub pg_restore: Option<String>,
-    /// pg_restore program (or command prefix, space separated).
-    #[arg(long, default_value = "pg_restore")]
-    pub pg_restore_bin: String,
-    /// Extra pg_restore arguments, e.g. "--clean --if-exists --no-owner" (space separated).
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
-    pub pg_restore_args: String,
-    /// Upload every object to an S3 bucket (needs the --s3-* options).
-    #[arg(long)]
-    pub objects_to_s3: bool,
-    #[arg(long, requires = "objects_to_s3")]
-    pub s3_endpoint: Option<String>,
-    #[arg(long, requires = "objects_to_s3")]
-    pub s3_bucket: Option<String>,
-    #[arg(long, default_value = "us-east-1")]
-    pub s3_region: String,
-    #[arg(long, requires = "objects_to_s3")]
-    pub s3_access_key_file: Option<PathBuf>,
-    #[arg(long, requires = "objects_to_s3")]
-    pub s3_secret_key_file: Option<PathBuf>,
-}
-
-#[derive(Args)]
-pub struct DrillArgs {
-    /// Snapshot id, or `latest` (the default: the newest good snapshot).
-    #[arg(conflicts_with = "older_than")]
-    pub snapshot: Option<String>,
-    /// Allow drilling a snapshot that is suspect or rejected (named by its id).
-    #[arg(long, requires = "snapshot")]
-    pub allow_suspect: bool,
-    /// The repository; default: `repo` from --config.
-    #[arg(long)]
-    pub repo: Option<PathBuf>,
-    /// receiver.toml, for its [drill] section (and `repo`).
-    #[arg(long, env = "BACKUP_RECEIVER_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Drill the newest snapshot at least this old (receiver's clock), e.g. `30d`.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub older_than: Option<std::time::Duration>,
-    /// Print the report as JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
+/// The retention time zone of `config`, or the default one.
+pub fn zone(config: Option<&ReceiverConfig>) -> chrono_tz::Tz {
+    config
+        .map(|c| c.retention.time_zone)
+        .unwrap_or_else(|| RetentionConfig::default().time_zone)
 }
 
 #[derive(Subcommand)]
 pub enum CertsCommand {
     /// Create a private CA, the receiver's server certificate and the sender's client certificate.
+    #[command(after_help = command_help(
+        &["backup-receiver certs init --out /etc/familienarchiv-backup --server-name heim-nas --server-ip 100.64.0.2 --sender-identity prod-vps"],
+        &[Success, Failure, Usage],
+    ))]
     Init {
+        /// Directory to write the six files to (none of them is overwritten).
         #[arg(long)]
         out: PathBuf,
         /// DNS name the sender uses to reach the receiver (e.g. heim-nas).
@@ -284,6 +321,10 @@ pub enum CertsCommand {
         ca_days: u32,
     },
     /// Issue a new sender certificate (sender.pem, sender.key) from the CA in --ca-dir.
+    #[command(after_help = command_help(
+        &["backup-receiver certs issue-sender --ca-dir /etc/familienarchiv-backup --identity prod-vps --out /tmp/new-sender"],
+        &[Success, Failure, Usage],
+    ))]
     IssueSender {
         /// Directory holding ca.pem and ca.key, as `certs init` wrote them.
         #[arg(long)]
@@ -299,8 +340,15 @@ pub enum CertsCommand {
         days: u32,
     },
     /// Print a certificate's fingerprint as `admission.revoked_certificates` lists it.
+    #[command(after_help = command_help(
+        &["backup-receiver certs fingerprint /etc/familienarchiv-backup/sender.pem"],
+        &[Success, Failure, Usage],
+    ))]
     Fingerprint {
         /// A PEM certificate file (the first certificate in it counts).
         file: PathBuf,
     },
 }
+
+#[cfg(test)]
+mod tests;

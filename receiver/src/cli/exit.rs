@@ -1,11 +1,14 @@
 //! The receiver's exit codes: one table ([`Exit`]), one function that maps an error to it
-//! ([`classify`]), and the same table in `--help` ([`EXIT_CODES_HELP`]) and in
-//! docs/DEPLOYMENT.md. Codes 3 and 4 keep the meaning they always had.
+//! ([`classify`]), and the same table in `--help` ([`table_help`]), in each command's
+//! `--help` ([`command_help`], the rows it can exit with) and in docs/DEPLOYMENT.md.
 
 use backup_common::config::ConfigError;
 
 use crate::operator::drill::DrillError;
+use crate::operator::dump::DumpError;
+use crate::operator::glob::BadGlob;
 use crate::operator::restore::RestoreError;
+use crate::operator::select::SelectError;
 use crate::store::error::StoreError;
 use crate::store::repository::RepoError;
 use crate::store::trash::UndeleteError;
@@ -39,21 +42,92 @@ pub enum Exit {
     ClosedStdout = 141,
 }
 
-/// The table as `--help` shows it (kept equal to [`Exit`] by a unit test).
-pub const EXIT_CODES_HELP: &str = "\
-Exit codes:
-  0  success
-  1  other failure (an I/O error outside the repository, an internal error)
-  2  usage: wrong arguments, a snapshot named that does not exist, or
-     --include/--exclude globs that match no object
-  3  damage found: damaged or missing chunks (verify; a restore reading them)
-  4  restore incomplete: some objects were not restored (each is named)
-  5  configuration: receiver.toml or a secret file missing, unreadable or invalid
-  6  repository unreadable: not a backup repository, or its files cannot be read
-  7  drill failed: the restore drill ran and did not pass
-  8  refused by policy: snapshot not good (see --allow-suspect), output target exists,
-     is not empty or is a link, ack/reject/undelete does not apply
-141  stdout closed by the reader (e.g. `| head`): the command ended quietly";
+/// Every code, in the table's order.
+pub const ALL: [Exit; 10] = [
+    Exit::Success,
+    Exit::Failure,
+    Exit::Usage,
+    Exit::Damage,
+    Exit::RestoreIncomplete,
+    Exit::Config,
+    Exit::RepositoryUnreadable,
+    Exit::DrillFailed,
+    Exit::Refused,
+    Exit::ClosedStdout,
+];
+
+impl Exit {
+    /// The row of the table `--help` shows (continuation lines start with five spaces).
+    pub fn help_row(self) -> &'static str {
+        match self {
+            Exit::Success => "success",
+            Exit::Failure => "other failure (an I/O error outside the repository, an internal error)",
+            Exit::Usage => {
+                "usage: wrong arguments; a snapshot name that matches none (or several);\n     \
+                 restore globs that match no object; a key the snapshot lacks; a terminal as\n     \
+                 dump's stdout"
+            }
+            Exit::Damage => "damage found: damaged or missing chunks (verify; restore and dump reading them)",
+            Exit::RestoreIncomplete => {
+                "restore incomplete: some objects were not restored for another reason than\n     \
+                 damage (each is named; the others were restored)"
+            }
+            Exit::Config => "configuration: receiver.toml or a secret file missing, unreadable or invalid",
+            Exit::RepositoryUnreadable => {
+                "repository unreadable: not a backup repository, or its files cannot be read"
+            }
+            Exit::DrillFailed => "drill failed: the restore drill ran and did not pass",
+            Exit::Refused => {
+                "refused by policy: snapshot not good (see --allow-suspect), output target exists,\n     \
+                 is not empty or is a link, ack/reject/undelete does not apply"
+            }
+            Exit::ClosedStdout => "stdout closed by the reader (e.g. `| head`): the command ended quietly",
+        }
+    }
+
+    /// The code's name in a JSON report's `error.kind`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Exit::Success => "success",
+            Exit::Failure => "failure",
+            Exit::Usage => "usage",
+            Exit::Damage => "damage",
+            Exit::RestoreIncomplete => "restore_incomplete",
+            Exit::Config => "configuration",
+            Exit::RepositoryUnreadable => "repository_unreadable",
+            Exit::DrillFailed => "drill_failed",
+            Exit::Refused => "refused",
+            Exit::ClosedStdout => "closed_stdout",
+        }
+    }
+}
+
+/// `codes` as the rows of the table, under "Exit codes:".
+pub fn rows(codes: &[Exit]) -> String {
+    let mut out = String::from("Exit codes:");
+    for c in codes {
+        out.push_str(&format!("\n{:>3}  {}", c.code(), c.help_row()));
+    }
+    out
+}
+
+/// The whole table, as `backup-receiver --help` shows it.
+pub fn table_help() -> String {
+    rows(&ALL)
+}
+
+/// A command's `--help` epilogue: its examples, then the rows of the table it can exit
+/// with (taken from the one table, so they cannot disagree with it).
+pub fn command_help(examples: &[&str], codes: &[Exit]) -> String {
+    let mut out = String::from("Examples:");
+    for e in examples {
+        out.push_str("\n  ");
+        out.push_str(e);
+    }
+    out.push_str("\n\n");
+    out.push_str(&rows(codes));
+    out
+}
 
 /// Errors the command layer itself raises; the layers' own errors are classified by type.
 #[derive(Debug, thiserror::Error)]
@@ -62,16 +136,34 @@ pub enum CliError {
     Usage(String),
     #[error("verification found {0} damaged chunk(s)")]
     DamageFound(usize),
-    #[error("restore incomplete: {failed} of {total} object(s) were not restored (listed above); the others were restored and verified")]
-    RestoreIncomplete { failed: usize, total: usize },
+    #[error("restore incomplete: {failed} of {total} object(s) were not restored{} (listed above); the others were restored and verified", damage_text(*.damaged))]
+    RestoreIncomplete {
+        failed: usize,
+        total: usize,
+        /// Of the `failed`, those whose chunks are damaged or missing (then exit 3).
+        damaged: usize,
+    },
     #[error("restore drill of snapshot {snapshot} FAILED: {first}")]
     DrillFailed { snapshot: String, first: String },
+}
+
+fn damage_text(damaged: usize) -> String {
+    match damaged {
+        0 => String::new(),
+        n => format!(", {n} of them because their chunks are damaged or missing"),
+    }
 }
 
 impl Exit {
     pub fn code(self) -> u8 {
         self as u8
     }
+}
+
+/// Whether a restore failure is damage (a missing or corrupt chunk, bytes that do not
+/// hash to the manifest's), which exits 3 rather than 4.
+pub fn is_damage(e: &RestoreError) -> bool {
+    restore(e) == Some(Exit::Damage)
 }
 
 /// The exit code of a command that failed with `e`: the first error in its chain whose type
@@ -85,7 +177,8 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Exit> {
         return Some(match e {
             CliError::Usage(_) => Exit::Usage,
             CliError::DamageFound(_) => Exit::Damage,
-            CliError::RestoreIncomplete { .. } => Exit::RestoreIncomplete,
+            CliError::RestoreIncomplete { damaged: 0, .. } => Exit::RestoreIncomplete,
+            CliError::RestoreIncomplete { .. } => Exit::Damage,
             CliError::DrillFailed { .. } => Exit::DrillFailed,
         });
     }
@@ -99,16 +192,26 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Exit> {
         return Some(Exit::RepositoryUnreadable);
     }
     if let Some(e) = e.downcast_ref::<RestoreError>() {
+        return restore(e);
+    }
+    if let Some(e) = e.downcast_ref::<DumpError>() {
         return match e {
-            RestoreError::Repo(r) => Some(repo(r)),
-            RestoreError::Mismatch { .. } | RestoreError::ChunkLength { .. } => Some(Exit::Damage),
-            RestoreError::Exists { .. } | RestoreError::Target { .. } => Some(Exit::Refused),
-            _ => None,
+            DumpError::NoSuchKey { .. } | DumpError::NoDump(_) | DumpError::Terminal => {
+                Some(Exit::Usage)
+            }
+            DumpError::Restore(r) => restore(r),
         };
+    }
+    if let Some(e) = e.downcast_ref::<SelectError>() {
+        return Some(select(e));
+    }
+    if e.downcast_ref::<BadGlob>().is_some() {
+        return Some(Exit::Usage);
     }
     if let Some(e) = e.downcast_ref::<DrillError>() {
         return match e {
             DrillError::Repo(r) => Some(repo(r)),
+            DrillError::Select(s) => Some(select(s)),
             DrillError::NoneOldEnough { .. } => Some(Exit::Usage),
             _ => None,
         };
@@ -128,6 +231,24 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Exit> {
     None
 }
 
+fn restore(e: &RestoreError) -> Option<Exit> {
+    match e {
+        RestoreError::Repo(r) => Some(repo(r)),
+        RestoreError::Mismatch { .. } | RestoreError::ChunkLength { .. } => Some(Exit::Damage),
+        RestoreError::Exists { .. } | RestoreError::Target { .. } => Some(Exit::Refused),
+        RestoreError::NoDump(_) => Some(Exit::Usage),
+        _ => None,
+    }
+}
+
+fn select(e: &SelectError) -> Exit {
+    match e {
+        SelectError::Repo(r) => repo(r),
+        e if e.refused_by_policy() => Exit::Refused,
+        _ => Exit::Usage,
+    }
+}
+
 fn repo(e: &RepoError) -> Exit {
     match e {
         // Whatever its kind (not there, permission, unreadable, unavailable): the
@@ -145,27 +266,51 @@ mod tests {
 
     #[test]
     fn the_help_table_lists_every_code_once_in_order() {
-        let all = [
-            Exit::Success,
-            Exit::Failure,
-            Exit::Usage,
-            Exit::Damage,
-            Exit::RestoreIncomplete,
-            Exit::Config,
-            Exit::RepositoryUnreadable,
-            Exit::DrillFailed,
-            Exit::Refused,
-            Exit::ClosedStdout,
-        ];
         assert_eq!(
             i32::from(Exit::ClosedStdout.code()),
             crate::operator::out::BROKEN_PIPE_EXIT
         );
-        let listed: Vec<u8> = EXIT_CODES_HELP
+        let listed: Vec<u8> = table_help()
             .lines()
             .filter_map(|l| l.split_whitespace().next()?.parse().ok())
             .collect();
-        assert_eq!(listed, all.map(Exit::code).to_vec());
+        assert_eq!(listed, ALL.map(Exit::code).to_vec());
+        let codes: Vec<u8> = (0..=255u8)
+            .filter(|c| ALL.iter().any(|e| e.code() == *c))
+            .collect();
+        assert_eq!(codes.len(), ALL.len(), "no code twice");
+        let kinds: std::collections::BTreeSet<&str> = ALL.iter().map(|e| e.kind()).collect();
+        assert_eq!(kinds.len(), ALL.len(), "no kind twice");
+    }
+
+    #[test]
+    fn restore_failures_are_damage_only_when_chunks_are() {
+        use backup_common::chunk::ChunkId;
+        let missing = RestoreError::Repo(RepoError::MissingChunk {
+            id: ChunkId([1; 32]),
+        });
+        assert!(is_damage(&missing));
+        let collision = RestoreError::Collision {
+            path: "a".into(),
+            reason: "is a directory".into(),
+        };
+        assert!(!is_damage(&collision));
+        let e = anyhow::Error::from(CliError::RestoreIncomplete {
+            failed: 2,
+            total: 3,
+            damaged: 1,
+        });
+        assert_eq!(classify(&e), Exit::Damage);
+        let e = anyhow::Error::from(CliError::RestoreIncomplete {
+            failed: 2,
+            total: 3,
+            damaged: 0,
+        });
+        assert_eq!(classify(&e), Exit::RestoreIncomplete);
+        let e = anyhow::Error::from(DumpError::Restore(missing)).context("dump");
+        assert_eq!(classify(&e), Exit::Damage);
+        let e = anyhow::Error::from(SelectError::EmptyName);
+        assert_eq!(classify(&e), Exit::Usage);
     }
 
     #[test]

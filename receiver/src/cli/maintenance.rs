@@ -1,52 +1,77 @@
 //! The maintenance commands (prune, undelete, gc, verify): they run the maintenance layer
-//! and print its report.
+//! and print its report (text, or the JSON envelope of cli/report.rs).
+
+use std::fmt::Write as _;
 
 use backup_common::term::escape;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use super::args::RepoArgs;
 use super::exit::CliError;
+use super::report::Reporter;
 use crate::clock;
 use crate::config::ReceiverConfig;
 use crate::maintenance::{gc, prune, verify};
 use crate::operator::progress::Progress;
-use crate::operator::{out, snapshots};
+use crate::operator::snapshots;
 use crate::store::repository::RepoError;
 use crate::store::{leases, trash};
 
-pub async fn prune(target: RepoArgs, dry_run: bool) -> anyhow::Result<()> {
+pub async fn prune(target: RepoArgs, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let (repo, cfg) = target.open_with_retention()?;
     let now = clock::from_env()();
     let report =
         tokio::task::spawn_blocking(move || prune::prune(&repo, &cfg, now, dry_run)).await??;
-    for d in &report.decisions {
-        if dry_run || d.kept() {
-            println!("{d}");
-        } else {
-            println!(
-                "{:<22} {:<26} pruned (moved to the trash)",
-                d.id, d.local_time
-            );
+    Reporter::new("prune", json).ok(None, &report, || {
+        let mut out = String::new();
+        for d in &report.decisions {
+            if dry_run || d.kept() {
+                let _ = writeln!(out, "{d}");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{:<22} {:<26} pruned (moved to the trash)",
+                    escape(&d.id),
+                    d.local_time
+                );
+            }
         }
-    }
-    let verb = if dry_run { "would remove" } else { "removed" };
-    for id in &report.purged {
-        println!("trash: {verb} {id} (grace period over)");
-    }
-    Ok(())
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for id in &report.purged {
+            let _ = writeln!(out, "trash: {verb} {} (grace period over)", escape(id));
+        }
+        out
+    })
 }
 
-pub fn undelete(snapshot: &str, target: &RepoArgs) -> anyhow::Result<()> {
+/// undelete's JSON report.
+#[derive(Serialize)]
+struct Undeleted {
+    #[serde(serialize_with = "clock::json_time")]
+    pruned_at: DateTime<Utc>,
+    held: bool,
+}
+
+pub fn undelete(snapshot: &str, target: &RepoArgs, json: bool) -> anyhow::Result<()> {
+    let (_, config) = target.resolve()?;
+    let tz = super::args::zone(config.as_ref());
     let repo = target.open_maintainer()?;
     let entry = trash::undelete(&repo, snapshot, clock::from_env()())?;
-    println!(
-        "snapshot {} is back (pruned at {}) and held against prune",
-        entry.id,
-        entry.pruned_at.to_rfc3339()
-    );
-    Ok(())
+    let body = Undeleted {
+        pruned_at: entry.pruned_at,
+        held: true,
+    };
+    Reporter::new("undelete", json).ok(Some(&entry.id), &body, || {
+        format!(
+            "snapshot {} is back (pruned at {}) and held against prune\n",
+            escape(&entry.id),
+            clock::on_screen(entry.pruned_at, tz)
+        )
+    })
 }
 
-pub async fn gc(target: RepoArgs, dry_run: bool) -> anyhow::Result<()> {
+pub async fn gc(target: RepoArgs, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let (repo, cfg) = target.open_with_retention()?;
     let now = clock::from_env()();
     // The sessions `serve` has open hold the cut-off back through their leases.
@@ -63,16 +88,17 @@ pub async fn gc(target: RepoArgs, dry_run: bool) -> anyhow::Result<()> {
     })
     .await??;
     let verb = if dry_run { "would free" } else { "freed" };
-    println!(
-        "{} manifests reference {} chunks; {} chunks seen; {verb} {} chunks ({}); {} unreferenced chunks are younger than the grace period",
-        r.manifests,
-        r.referenced_chunks,
-        r.chunks_seen,
-        r.removed_chunks,
-        snapshots::human_bytes(r.removed_bytes),
-        r.young_unreferenced
-    );
-    Ok(())
+    Reporter::new("gc", json).ok(None, &r, || {
+        format!(
+            "{} manifests reference {} chunks; {} chunks seen; {verb} {} chunks ({}); {} unreferenced chunks are younger than the grace period\n",
+            r.manifests,
+            r.referenced_chunks,
+            r.chunks_seen,
+            r.removed_chunks,
+            snapshots::human_bytes(r.removed_bytes),
+            r.young_unreferenced
+        )
+    })
 }
 
 pub async fn verify(target: &RepoArgs, read: verify::ReadData, json: bool) -> anyhow::Result<()> {
@@ -88,11 +114,9 @@ pub async fn verify(target: &RepoArgs, read: verify::ReadData, json: bool) -> an
         r
     })
     .await??;
-    if json {
-        out::print_json(&r)?;
-    } else {
-        println!(
-            "{} snapshots, {} chunks referenced, {} read back ({}), {} damaged",
+    let text = || {
+        let mut out = format!(
+            "{} snapshots, {} chunks referenced, {} read back ({}), {} damaged\n",
             r.snapshots,
             r.chunks,
             r.chunks_read,
@@ -100,26 +124,38 @@ pub async fn verify(target: &RepoArgs, read: verify::ReadData, json: bool) -> an
             r.damage.len()
         );
         for d in &r.damage {
-            println!("{:?} chunk {}: {}", d.problem, d.chunk, escape(&d.detail));
+            // "Missing chunk …", "Corrupt chunk …", "Manifest mismatch chunk …".
+            let problem = d.problem.to_string();
+            let (first, rest) = problem.split_at(1);
+            let _ = writeln!(
+                out,
+                "{}{rest} chunk {}: {}",
+                first.to_uppercase(),
+                d.chunk,
+                escape(&d.detail)
+            );
             if let Some(q) = &d.quarantined {
-                println!("  moved to {}", q.display());
+                let _ = writeln!(out, "  moved to {}", q.display());
             }
             for a in &d.affected {
-                println!(
+                let _ = writeln!(
+                    out,
                     "  affects snapshot {} {}",
                     escape(&a.snapshot),
                     escape(&a.item)
                 );
             }
         }
-    }
+        out
+    };
+    let reporter = Reporter::new("verify", json);
     if r.ok() {
-        Ok(())
-    } else {
-        if let Some(m) = &monitoring {
-            let body = crate::maintenance::verify_schedule::damage_text(&r.damage);
-            crate::monitoring::monitor::report_verify_damage(m, &body).await;
-        }
-        Err(CliError::DamageFound(r.damage.len()).into())
+        return reporter.ok(None, &r, text);
     }
+    if let Some(m) = &monitoring {
+        let body = crate::maintenance::verify_schedule::damage_text(&r.damage);
+        crate::monitoring::monitor::report_verify_damage(m, &body).await;
+    }
+    let e = CliError::DamageFound(r.damage.len()).into();
+    Err(reporter.failed(None, &r, text, e))
 }

@@ -1,5 +1,6 @@
 //! The receiver's commands as an operator runs them: [`args`] is the command line and its
-//! `--help`, [`exit`] the one table of exit codes. Each command file calls the layer that
+//! `--help`, [`exit`] the one table of exit codes, [`report`] the one way a command
+//! prints its report (text, or the JSON envelope). Each command file calls the layer that
 //! does the work (operator, maintenance, service) and prints its report; none of them
 //! touches the repository except through those layers.
 
@@ -10,6 +11,8 @@ mod drill;
 pub mod exit;
 mod maintenance;
 mod operator;
+mod pick;
+pub mod report;
 mod restore;
 
 use crate::config::ReceiverConfig;
@@ -39,16 +42,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             note,
             operator,
-        } => operator::ack(&snapshot, &target, note.as_deref(), operator),
+            json,
+        } => operator::ack(&snapshot, &target, note.as_deref(), operator, json),
         Command::Reject {
             snapshot,
             target,
             note,
             operator,
-        } => operator::reject(&snapshot, &target, note.as_deref(), operator),
-        Command::Prune { target, dry_run } => maintenance::prune(target, dry_run).await,
-        Command::Undelete { snapshot, target } => maintenance::undelete(&snapshot, &target),
-        Command::Gc { target, dry_run } => maintenance::gc(target, dry_run).await,
+            json,
+        } => operator::reject(&snapshot, &target, note.as_deref(), operator, json),
+        Command::Prune {
+            target,
+            dry_run,
+            json,
+        } => maintenance::prune(target, dry_run, json).await,
+        Command::Undelete {
+            snapshot,
+            target,
+            json,
+        } => maintenance::undelete(&snapshot, &target, json),
+        Command::Gc {
+            target,
+            dry_run,
+            json,
+        } => maintenance::gc(target, dry_run, json).await,
         Command::Verify {
             target,
             read_data,

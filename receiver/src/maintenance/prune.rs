@@ -94,9 +94,12 @@ pub struct Candidate {
 /// The verdict on one snapshot; an empty `keep` means it goes to the trash.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
+    #[serde(rename = "snapshot_id")]
     pub id: String,
+    #[serde(serialize_with = "crate::clock::json_time")]
     pub time: DateTime<Utc>,
-    /// The commit time in the configured zone, as the calendar saw it.
+    /// The commit time in the configured zone, as the calendar saw it (text only).
+    #[serde(skip)]
     pub local_time: String,
     pub keep: Vec<Keep>,
 }
@@ -189,11 +192,7 @@ pub fn plan(snapshots: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
             Decision {
                 id: c.id.clone(),
                 time: c.time,
-                local_time: c
-                    .time
-                    .with_timezone(&tz)
-                    .format("%Y-%m-%d %H:%M %Z")
-                    .to_string(),
+                local_time: crate::clock::on_screen(c.time, tz),
                 keep,
             }
         })
@@ -205,8 +204,10 @@ pub fn plan(snapshots: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
 pub struct PruneReport {
     pub decisions: Vec<Decision>,
     /// Snapshots put in the trash.
+    #[serde(rename = "pruned_snapshot_ids")]
     pub pruned: Vec<String>,
     /// Trash entries removed for good because their grace period had passed.
+    #[serde(rename = "purged_snapshot_ids")]
     pub purged: Vec<String>,
     pub dry_run: bool,
 }
@@ -334,7 +335,10 @@ mod tests {
         assert_eq!(ds[1].keep, vec![Keep::Held]);
         assert_eq!(
             ds[0].to_string().trim_end(),
-            format!("{:<22} {:<26} would prune", "n000", "2026-01-01 02:30 CET")
+            format!(
+                "{:<22} {:<26} would prune",
+                "n000", "2026-01-01 02:30:00 +01:00"
+            )
         );
     }
 

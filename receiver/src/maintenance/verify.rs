@@ -59,7 +59,7 @@ impl ReadData {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Problem {
     Missing,
@@ -69,9 +69,21 @@ pub enum Problem {
     ManifestMismatch,
 }
 
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Problem::Missing => "missing",
+            Problem::Corrupt => "corrupt",
+            Problem::ManifestMismatch => "manifest mismatch",
+        })
+    }
+}
+
 /// Where a damaged chunk is used: a snapshot and the dump or object in it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Affected {
+    /// (`snapshot` in verify-state files written before the JSON convention.)
+    #[serde(rename = "snapshot_id", alias = "snapshot")]
     pub snapshot: String,
     /// `dump <file name>` or `object <key>`.
     pub item: String,
@@ -90,6 +102,8 @@ pub struct Damage {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
+    /// Snapshots checked.
+    #[serde(rename = "snapshot_count")]
     pub snapshots: u64,
     pub chunks: u64,
     pub chunks_read: u64,
@@ -168,7 +182,15 @@ pub fn verify_selected(
     })?;
     report.chunks = claimed.len() as u64;
     let chosen = select(&claimed);
-    progress.start(Some(chosen.len() as u64), "chunks read back");
+    let chosen_bytes = chosen
+        .iter()
+        .filter_map(|id| claimed.get(id)?.lens.first().map(|&l| u64::from(l)))
+        .sum();
+    progress.start(
+        Some(chosen.len() as u64),
+        Some(chosen_bytes),
+        "chunks read back",
+    );
     let mut bad: BTreeMap<ChunkId, (Problem, String, Option<PathBuf>)> = BTreeMap::new();
     // Intact chunks some manifest claims another length for, with their true length.
     let mut intact_len: BTreeMap<ChunkId, u32> = BTreeMap::new();

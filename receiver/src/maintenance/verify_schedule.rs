@@ -61,7 +61,7 @@ impl PassOutcome {
         }
         for t in self.lost.iter().take(ALERT_CHUNKS) {
             out.push_str(&format!(
-                "receiver: PERMANENT LOSS: chunk {} ({:?}, found {}) was not uploaded again by a later night; no source still has it. Affected ({} places): {}\n",
+                "receiver: PERMANENT LOSS: chunk {} ({}, found {}) was not uploaded again by a later night; no source still has it. Affected ({} places): {}\n",
                 t.chunk,
                 t.problem,
                 t.found.to_rfc3339(),
@@ -128,7 +128,7 @@ pub fn damage_text(damage: &[Damage]) -> String {
 fn track(d: &Damage, now: DateTime<Utc>) -> Tracked {
     Tracked {
         chunk: d.chunk.clone(),
-        problem: d.problem.clone(),
+        problem: d.problem,
         found: now,
         affected: d.affected.iter().take(MAX_AFFECTED).cloned().collect(),
         affected_total: d.affected.len() as u64,
@@ -278,7 +278,7 @@ pub fn run_pass(
         });
         if healable && d.problem == Problem::Missing && night_passed {
             let mut lost = track(d, now);
-            lost.problem = t.problem.clone();
+            lost.problem = t.problem;
             lost.found = t.found;
             outcome.lost.push(lost);
         } else {

@@ -1,7 +1,8 @@
 //! What a snapshot holds and how two differ, read from the manifests only (no chunk is
 //! read): `ls`, `find` and `diff`. Each result serialises to the JSON the `--json` flag
-//! prints and renders as text with every peer-supplied name escaped for the terminal.
-//! Snapshots are named as for `restore`: an id (any status) or `latest` (newest good).
+//! prints (the body of the report envelope, cli/report.rs) and renders as text with every
+//! peer-supplied name escaped for the terminal, times in the retention time zone. Which
+//! snapshot is meant is operator/select.rs's business; these functions get the manifest.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,16 +10,15 @@ use std::fmt::Write as _;
 use backup_common::chunk::ChunkId;
 use backup_common::manifest::{Manifest, ObjectEntry};
 use backup_common::term::escape;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::operator::glob::KeyFilter;
+use crate::clock::{self, json_time};
+use crate::operator::glob::{Hints, KeyFilter};
 use crate::operator::progress::Progress;
 use crate::operator::snapshots::human_bytes;
 use crate::store::repository::{RepoError, Repository};
-
-fn time(m: &Manifest) -> String {
-    m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
 
 /// The snapshot committed just before `m` (whatever its status), if any.
 pub fn previous_of(repo: &Repository, m: &Manifest) -> Result<Option<Manifest>, RepoError> {
@@ -59,10 +59,13 @@ pub struct ListedObject {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Listing {
-    pub snapshot: String,
-    pub time: String,
+    /// The envelope's `snapshot_id`.
+    #[serde(skip)]
+    pub snapshot_id: String,
+    #[serde(serialize_with = "json_time")]
+    pub time: DateTime<Utc>,
     /// The snapshot `change` compares with: the newest older one in the repository.
-    pub previous: Option<String>,
+    pub previous_snapshot_id: Option<String>,
     pub prefix: Option<String>,
     pub objects: Vec<ListedObject>,
     pub bytes: u64,
@@ -98,9 +101,9 @@ pub fn ls(
         })
         .collect();
     Ok(Listing {
-        snapshot: m.id.clone(),
-        time: time(m),
-        previous: prev.map(|p| p.id),
+        snapshot_id: m.id.clone(),
+        time: m.time,
+        previous_snapshot_id: prev.map(|p| p.id),
         prefix: prefix.map(str::to_string),
         bytes: objects.iter().map(|o| o.size).sum(),
         objects,
@@ -108,12 +111,13 @@ pub fn ls(
 }
 
 impl Listing {
-    pub fn text(&self) -> String {
+    /// The listing as text, times in `tz`.
+    pub fn text(&self, tz: Tz) -> String {
         let mut out = format!(
             "snapshot {} ({}), compared with {}\n",
-            escape(&self.snapshot),
-            self.time,
-            self.previous
+            escape(&self.snapshot_id),
+            clock::on_screen(self.time, tz),
+            self.previous_snapshot_id
                 .as_deref()
                 .map(|p| escape(p).into_owned())
                 .unwrap_or_else(|| "nothing (the first snapshot)".into())
@@ -151,9 +155,13 @@ impl Listing {
 pub struct Version {
     pub size: u64,
     pub hash: ChunkId,
-    pub first: String,
-    pub last: String,
-    pub snapshots: Vec<String>,
+    pub first_snapshot_id: String,
+    #[serde(serialize_with = "json_time")]
+    pub first_time: DateTime<Utc>,
+    pub last_snapshot_id: String,
+    #[serde(serialize_with = "json_time")]
+    pub last_time: DateTime<Utc>,
+    pub snapshot_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -165,25 +173,37 @@ pub struct FoundKey {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Found {
+    /// As the operator gave it.
     pub glob: String,
+    /// As it was matched against whole keys (`**/NAME` for a NAME without `/`).
+    pub pattern: String,
     pub snapshots_searched: usize,
     pub keys: Vec<FoundKey>,
+    /// Other forms of the glob that would have matched, when nothing did.
+    pub hints: Vec<String>,
 }
 
-/// `find GLOB`: every key matching `glob` in any snapshot, with each distinct content
-/// it had and which snapshots hold that content.
+/// `find GLOB`: every key `filter` matches (`pattern` is `glob` as matched) in any
+/// snapshot, with each distinct content it had and which snapshots hold that content;
+/// `hints` sees every key, for the suggestions when nothing matched.
 pub fn find(
     repo: &Repository,
-    glob: &str,
+    (glob, pattern): (&str, &str),
     filter: &KeyFilter,
+    hints: &mut Hints,
     progress: &Progress,
 ) -> Result<Found, RepoError> {
     let ids = repo.snapshot_ids()?;
-    progress.start(Some(ids.len() as u64), "snapshots");
+    progress.start(Some(ids.len() as u64), None, "snapshots");
     let mut keys: BTreeMap<String, Vec<Version>> = BTreeMap::new();
     let mut searched = 0;
     repo.for_each_manifest(|m| {
         searched += 1;
+        if keys.is_empty() {
+            for o in &m.objects {
+                hints.observe(&o.key);
+            }
+        }
         for o in m.objects.iter().filter(|o| filter.matches(&o.key)) {
             let versions = keys.entry(o.key.clone()).or_default();
             match versions
@@ -191,15 +211,18 @@ pub fn find(
                 .find(|v| v.hash == o.hash && v.size == o.size)
             {
                 Some(v) => {
-                    v.last = m.id.clone();
-                    v.snapshots.push(m.id.clone());
+                    v.last_snapshot_id = m.id.clone();
+                    v.last_time = m.time;
+                    v.snapshot_ids.push(m.id.clone());
                 }
                 None => versions.push(Version {
                     size: o.size,
                     hash: o.hash,
-                    first: m.id.clone(),
-                    last: m.id.clone(),
-                    snapshots: vec![m.id.clone()],
+                    first_snapshot_id: m.id.clone(),
+                    first_time: m.time,
+                    last_snapshot_id: m.id.clone(),
+                    last_time: m.time,
+                    snapshot_ids: vec![m.id.clone()],
                 }),
             }
         }
@@ -209,7 +232,13 @@ pub fn find(
     progress.finish();
     Ok(Found {
         glob: glob.to_string(),
+        pattern: pattern.to_string(),
         snapshots_searched: searched,
+        hints: if keys.is_empty() {
+            hints.suggestions()
+        } else {
+            Vec::new()
+        },
         keys: keys
             .into_iter()
             .map(|(key, versions)| FoundKey { key, versions })
@@ -218,29 +247,39 @@ pub fn find(
 }
 
 impl Found {
-    pub fn text(&self) -> String {
+    /// The matches as text, times in `tz`.
+    pub fn text(&self, tz: Tz) -> String {
         let mut out = String::new();
         for k in &self.keys {
             let _ = writeln!(out, "{}", escape(&k.key));
             for v in &k.versions {
                 let _ = writeln!(
                     out,
-                    "  {:>12}  {}  first {}  last {}  ({} snapshot(s))",
+                    "  {:>12}  {}  first {} ({})  last {} ({})  ({} snapshot(s))",
                     v.size,
                     &v.hash.to_hex()[..16],
-                    escape(&v.first),
-                    escape(&v.last),
-                    v.snapshots.len()
+                    escape(&v.first_snapshot_id),
+                    clock::on_screen(v.first_time, tz),
+                    escape(&v.last_snapshot_id),
+                    clock::on_screen(v.last_time, tz),
+                    v.snapshot_ids.len()
                 );
             }
         }
+        let matched = if self.pattern == self.glob {
+            escape(&self.glob).into_owned()
+        } else {
+            format!("{} (as {})", escape(&self.glob), escape(&self.pattern))
+        };
         let _ = writeln!(
             out,
-            "{} key(s) match {} in {} snapshot(s)",
+            "{} key(s) match {matched} in {} snapshot(s)",
             self.keys.len(),
-            escape(&self.glob),
             self.snapshots_searched
         );
+        for h in &self.hints {
+            let _ = writeln!(out, "hint: {}", escape(h));
+        }
         out
     }
 }
@@ -265,8 +304,8 @@ pub struct ChangedObject {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TableChange {
     pub table: String,
-    pub old: Option<u64>,
-    pub new: Option<u64>,
+    pub old_rows: Option<u64>,
+    pub new_rows: Option<u64>,
     pub change: i64,
 }
 
@@ -286,8 +325,10 @@ pub struct DiffBytes {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Diff {
-    pub old: String,
-    pub new: String,
+    pub old_snapshot_id: String,
+    /// The envelope's `snapshot_id`.
+    #[serde(skip)]
+    pub new_snapshot_id: String,
     pub added: Vec<DiffObject>,
     pub removed: Vec<DiffObject>,
     pub changed: Vec<ChangedObject>,
@@ -327,8 +368,8 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
         hash: e.hash,
     };
     let mut d = Diff {
-        old: old.id.clone(),
-        new: new.id.clone(),
+        old_snapshot_id: old.id.clone(),
+        new_snapshot_id: new.id.clone(),
         added: n
             .iter()
             .filter(|(k, _)| !o.contains_key(*k))
@@ -384,8 +425,8 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
             let (a, b) = (or.get(t).copied(), nr.get(t).copied());
             TableChange {
                 table: t.clone(),
-                old: a,
-                new: b,
+                old_rows: a,
+                new_rows: b,
                 change: b.unwrap_or(0) as i64 - a.unwrap_or(0) as i64,
             }
         })
@@ -395,7 +436,11 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
 
 impl Diff {
     pub fn text(&self) -> String {
-        let mut out = format!("{} → {}\n", escape(&self.old), escape(&self.new));
+        let mut out = format!(
+            "{} → {}\n",
+            escape(&self.old_snapshot_id),
+            escape(&self.new_snapshot_id)
+        );
         for e in &self.added {
             let _ = writeln!(out, "+ {:>12}  {}", e.size, escape(&e.key));
         }
@@ -443,8 +488,8 @@ impl Diff {
                 out,
                 "  {:<40} {:>10} → {:<10} {:+}",
                 escape(&t.table),
-                n(t.old),
-                n(t.new),
+                n(t.old_rows),
+                n(t.new_rows),
                 t.change
             );
         }

@@ -10,5 +10,6 @@ pub mod out;
 pub mod progress;
 pub mod restore;
 pub mod sandbox_pg;
+pub mod select;
 pub mod snapshots;
 pub mod to_s3;

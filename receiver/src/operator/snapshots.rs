@@ -1,17 +1,23 @@
-//! The snapshot list an operator reads: one row per snapshot, as a table or JSON.
+//! The snapshot list an operator reads: one row per snapshot, as a table (times in the
+//! retention time zone) or JSON (the `snapshots` field of its report, times in UTC).
 
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::Serialize;
 
 use backup_common::manifest::Manifest;
 use backup_common::term::escape;
 
+use crate::clock::{self, json_time};
 use crate::store::repository::{RepoError, Repository};
 use crate::store::verdicts;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SnapshotRow {
-    pub id: String,
-    pub time: String,
+    pub snapshot_id: String,
+    /// Commit time, receiver clock.
+    #[serde(serialize_with = "json_time")]
+    pub time: DateTime<Utc>,
     pub dump_bytes: u64,
     pub object_count: u64,
     pub total_bytes: u64,
@@ -32,20 +38,20 @@ impl SnapshotRow {
     /// A verdict that cannot be read is an error: the list never shows "good" for a
     /// snapshot whose rejection it could not read.
     pub fn with_verdicts(mut self, repo: &Repository) -> Result<Self, RepoError> {
-        let contested = verdicts::is_contested(repo, &self.id)?;
+        let contested = verdicts::is_contested(repo, &self.snapshot_id)?;
         if contested && self.suspect.is_none() {
             self.suspect = Some("contested: another commit of its day was refused".into());
         }
-        self.status = if verdicts::is_rejected(repo, &self.id)? {
+        self.status = if verdicts::is_rejected(repo, &self.snapshot_id)? {
             "rejected"
         } else if self.suspect.is_none() {
             "good"
-        } else if verdicts::is_acknowledged(repo, &self.id)? {
+        } else if verdicts::is_acknowledged(repo, &self.snapshot_id)? {
             "acknowledged"
         } else {
             "suspect"
         };
-        self.drilled = verdicts::drill_passed(repo, &self.id)?;
+        self.drilled = verdicts::drill_passed(repo, &self.snapshot_id)?;
         Ok(self)
     }
 }
@@ -53,8 +59,8 @@ impl SnapshotRow {
 impl From<&Manifest> for SnapshotRow {
     fn from(m: &Manifest) -> Self {
         SnapshotRow {
-            id: m.id.clone(),
-            time: m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            snapshot_id: m.id.clone(),
+            time: m.time,
             dump_bytes: m.stats.dump_bytes,
             object_count: m.stats.object_count,
             total_bytes: m.total_bytes(),
@@ -104,16 +110,23 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-pub fn table(rows: &[SnapshotRow]) -> String {
+/// The rows as a table, commit times (receiver clock) in `tz` with their offset.
+pub fn table(rows: &[SnapshotRow], tz: Tz) -> String {
     let mut out = format!(
-        "{:<22} {:<21} {:>10} {:>8} {:>10} {:>10}  {}\n",
-        "ID", "TIME (receiver)", "DUMP", "OBJECTS", "TOTAL", "NEW", "FLAGS"
+        "{:<22} {:<26} {:>10} {:>8} {:>10} {:>10}  {}\n",
+        "ID",
+        format!("TIME ({tz})"),
+        "DUMP",
+        "OBJECTS",
+        "TOTAL",
+        "NEW",
+        "FLAGS"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<22} {:<21} {:>10} {:>8} {:>10} {:>10}  {}\n",
-            escape(&r.id),
-            r.time,
+            "{:<22} {:<26} {:>10} {:>8} {:>10} {:>10}  {}\n",
+            escape(&r.snapshot_id),
+            clock::on_screen(r.time, tz),
             human_bytes(r.dump_bytes),
             r.object_count,
             human_bytes(r.total_bytes),

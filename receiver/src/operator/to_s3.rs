@@ -117,13 +117,17 @@ pub async fn objects_to_s3(
     progress: &Progress,
 ) -> Result<S3Outcome, RestoreError> {
     let mut outcome = S3Outcome::default();
-    progress.start(Some(manifest.objects.len() as u64), "objects");
+    progress.start(
+        Some(manifest.objects.len() as u64),
+        Some(manifest.objects.iter().map(|o| o.size).sum()),
+        "objects",
+    );
     for o in &manifest.objects {
         keys::validate(&o.key).map_err(|first| RestoreError::UnsafeKeys { count: 1, first })?;
         match live_state(target, o).await? {
             Live::Same => {
                 outcome.identical.push(o.key.clone());
-                progress.item(0);
+                progress.item(o.size);
                 continue;
             }
             Live::Other { size, hash } if !overwrite => {
@@ -132,7 +136,7 @@ pub async fn objects_to_s3(
                     live_size: size,
                     live_hash: hash,
                 });
-                progress.item(0);
+                progress.item(o.size);
                 continue;
             }
             Live::Other { .. } => outcome.overwritten.push(o.key.clone()),

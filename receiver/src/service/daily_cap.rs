@@ -48,9 +48,10 @@ impl BackupService {
             return Ok(now);
         }
         let note = format!(
-            "a commit by {} was refused by limits.max_snapshots_per_day ({cap}) on {}",
+            "a commit by {} was refused by limits.max_snapshots_per_day ({cap}) on {} ({tz}) at {}",
             backup_common::bounded::bounded(&peer.identity),
-            now.with_timezone(&tz).format("%Y-%m-%d")
+            now.with_timezone(&tz).format("%Y-%m-%d"),
+            crate::clock::on_screen(now, tz)
         );
         let repo = self.repo.clone();
         let (ids, n) = (today.clone(), note.clone());
@@ -68,9 +69,10 @@ impl BackupService {
             json!({ "snapshots": today, "identity": peer.identity, "note": note, "written": contested }),
         );
         Err(ServiceError::Limit(format!(
-            "{} snapshot(s) were already committed today ({} in {tz}, receiver clock); limits.max_snapshots_per_day is {cap}",
+            "{} snapshot(s) were already committed today ({} in {tz}, receiver clock {}); limits.max_snapshots_per_day is {cap}",
             today.len(),
-            now.with_timezone(&tz).format("%Y-%m-%d")
+            now.with_timezone(&tz).format("%Y-%m-%d"),
+            crate::clock::on_screen(now, tz)
         ))
         .into())
     }

@@ -117,7 +117,7 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
         .iter()
         .map(|r| {
             (
-                r["id"].as_str().unwrap().to_string(),
+                r["snapshot_id"].as_str().unwrap().to_string(),
                 r["time"].as_str().unwrap().to_string(),
             )
         })
@@ -129,9 +129,11 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
     assert_eq!(
         ls,
         json!({
-            "snapshot": s2,
+            "command": "ls",
+            "ok": true,
+            "snapshot_id": s2,
             "time": times[s2],
-            "previous": s1,
+            "previous_snapshot_id": s1,
             "prefix": null,
             "objects": [
                 entry("briefe/1923/grete.pdf", &n2["briefe/1923/grete.pdf"], "unchanged"),
@@ -144,7 +146,7 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
     );
     // The first snapshot has nothing before it: everything is new.
     let ls1 = json_of(s, &["ls", s1, "briefe/", "--json"]);
-    assert_eq!(ls1["previous"], Value::Null);
+    assert_eq!(ls1["previous_snapshot_id"], Value::Null);
     assert_eq!(ls1["objects"].as_array().unwrap().len(), 2);
     assert!(ls1["objects"]
         .as_array()
@@ -171,21 +173,33 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
 
     // find: each distinct version with its first and last snapshot.
     let version = |data: &[u8], snaps: &[&str]| {
-        json!({"size": data.len(), "hash": hash(data), "first": snaps[0],
-               "last": snaps[snaps.len() - 1], "snapshots": snaps})
+        let (first, last) = (snaps[0], snaps[snaps.len() - 1]);
+        json!({"size": data.len(), "hash": hash(data),
+               "first_snapshot_id": first, "first_time": times[first],
+               "last_snapshot_id": last, "last_time": times[last],
+               "snapshot_ids": snaps})
     };
     let found = json_of(s, &["find", "**/hochzeit.jpg", "--json"]);
     assert_eq!(
         found,
         json!({
+            "command": "find",
+            "ok": true,
+            "snapshot_id": null,
             "glob": "**/hochzeit.jpg",
+            "pattern": "**/hochzeit.jpg",
             "snapshots_searched": 2,
             "keys": [{"key": "fotos/hochzeit.jpg", "versions": [
                 version(&t.night1["fotos/hochzeit.jpg"], &[s1]),
                 version(&n2["fotos/hochzeit.jpg"], &[s2]),
             ]}],
+            "hints": [],
         })
     );
+    // A name without `/` is the last component of a key, at any depth (as restic's find).
+    let by_name = json_of(s, &["find", "hochzeit.jpg", "--json"]);
+    assert_eq!(by_name["pattern"], "**/hochzeit.jpg");
+    assert_eq!(by_name["keys"], found["keys"]);
     let found = json_of(s, &["find", "briefe/1923/*", "--json"]);
     assert_eq!(
         found["keys"],
@@ -196,9 +210,34 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
              "versions": [version(&t.night1["briefe/1923/otto.pdf"], &[s1])]},
         ])
     );
-    // `*` does not cross `/`.
-    let none = json_of(s, &["find", "*.pdf", "--json"]);
+    // `*` does not cross `/`; a glob without `/` is a name at any depth.
+    let none = json_of(s, &["find", "briefe/*.pdf", "--json"]);
     assert_eq!(none["keys"], json!([]));
+    let pdfs = json_of(s, &["find", "*.pdf", "--json"]);
+    let keys: Vec<&str> = pdfs["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "briefe/1923/grete.pdf",
+            "briefe/1923/otto.pdf",
+            "neu/brief.pdf"
+        ]
+    );
+    // A folder named without its `/**` matches nothing, and the hint says the folder form.
+    let folder = cli(s, &["find", "briefe/1923"]);
+    let text = String::from_utf8(ok(folder)).unwrap();
+    assert!(
+        text.contains("0 key(s) match briefe/1923 in 2 snapshot(s)")
+            && text.contains(
+                "hint: briefe/1923 is a folder: 'briefe/1923/**' matches everything below it"
+            ),
+        "{text}"
+    );
 
     // diff: objects, bytes, and the tables' row counts as the receiver counted them.
     let d = json_of(s, &["diff", s1, s2, "--json"]);
@@ -211,15 +250,17 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
         .into_iter()
         .map(|k| {
             let (a, b) = (t.rows1.get(k).copied(), t.rows2.get(k).copied());
-            json!({"table": k, "old": a, "new": b,
+            json!({"table": k, "old_rows": a, "new_rows": b,
                    "change": b.unwrap_or(0) as i64 - a.unwrap_or(0) as i64})
         })
         .collect();
     assert_eq!(
         d,
         json!({
-            "old": s1,
-            "new": s2,
+            "command": "diff",
+            "ok": true,
+            "snapshot_id": s2,
+            "old_snapshot_id": s1,
             "added": [obj("neu/brief.pdf", &n2["neu/brief.pdf"])],
             "removed": [obj("briefe/1923/otto.pdf", &t.night1["briefe/1923/otto.pdf"])],
             "changed": [{
@@ -255,8 +296,9 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
     assert_eq!(ok(cli(s, &["dump", "latest", "leer.txt"])), b"");
     assert_eq!(ok(cli(s, &["dump", s1, "--database"])), t.dump1);
     assert_eq!(ok(cli(s, &["dump", s2, "--database"])), t.dump2);
+    // A key the snapshot lacks is a usage error (it was 1 before the table held).
     let missing = cli(s, &["dump", s2, "briefe/1923/otto.pdf"]);
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("has no object \"briefe/1923/otto.pdf\""),
         "{}",
@@ -278,7 +320,7 @@ async fn ls_find_diff_and_dump_show_two_nights_exactly() {
             .unwrap()
     };
     let refused = on_tty("");
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2), "usage (it was 1)");
     assert!(
         String::from_utf8_lossy(&refused.stdout).contains("stdout is a terminal"),
         "{}",
@@ -518,7 +560,7 @@ async fn restore_into_the_live_bucket_leaves_other_content_alone_unless_overwrit
     assert_eq!(o.status.code(), Some(4), "{err}");
     assert!(err.contains("object \"akten/gleich-gross.pdf\" SKIPPED: the bucket holds other content there (50000 bytes, blake3 "), "{err}");
     assert!(err.contains("object \"akten/anders.pdf\" SKIPPED: the bucket holds other content there (1234 bytes)"), "{err}");
-    assert!(err.contains("objects to S3: 1 objects, 200000 bytes verified and uploaded; 1 already identical; 2 skipped"), "{err}");
+    assert!(err.contains("objects to S3: 1 object, 200000 bytes verified and uploaded; 1 already identical; 2 skipped"), "{err}");
     let want = BTreeMap::from([
         (
             "akten/verloren.pdf".to_string(),

@@ -149,7 +149,7 @@ sanity_queries = [
     let r = report(&out);
     assert!(out.status.success(), "{r:#}\n{}", stderr(&out));
     assert_eq!(r["passed"], true);
-    assert_eq!(r["snapshot"], snapshot.as_str());
+    assert_eq!(r["snapshot_id"], snapshot.as_str());
     assert_eq!(restored_counts(&r), source_counts);
     assert!(r["tables"]
         .as_array()
@@ -333,7 +333,7 @@ async fn older_than_picks_the_newest_snapshot_old_enough() {
     let out = drill(&["--repo", repo, "--older-than", "0s", "--json"], &env);
     let r = report(&out);
     assert!(out.status.success(), "{r:#}\n{}", stderr(&out));
-    assert_eq!(r["snapshot"], second.as_str());
+    assert_eq!(r["snapshot_id"], second.as_str());
 
     // 30 days before 15 Feb is 16 Jan: the snapshot of 20 Jan is too young. This drill
     // restores into a fresh database on an existing server (here the source cluster).
@@ -357,7 +357,7 @@ async fn older_than_picks_the_newest_snapshot_old_enough() {
     );
     let r = report(&out);
     assert!(out.status.success(), "{r:#}\n{}", stderr(&out));
-    assert_eq!(r["snapshot"], first.as_str());
+    assert_eq!(r["snapshot_id"], first.as_str());
     assert_eq!(r["age_seconds"], (45 * 24 + 1) * 3600);
     assert!(
         r["sandbox"].as_str().unwrap().contains("sandbox server"),

@@ -38,7 +38,7 @@ fn snapshot_ids(stack: &Stack) -> Vec<String> {
     stack
         .snapshots()
         .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
+        .map(|r| r["snapshot_id"].as_str().unwrap().to_string())
         .collect()
 }
 

@@ -372,11 +372,11 @@ async fn an_inflated_snapshot_is_refused_or_suspect_and_can_be_rejected() {
     assert!(out.status.success(), "{}", text(&out));
     let listing = cli(&stack, &["snapshots", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
-    let row = rows
+    let row = rows["snapshots"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["id"] == attack.snapshot_id.as_str())
+        .find(|r| r["snapshot_id"] == attack.snapshot_id.as_str())
         .unwrap();
     assert_eq!(row["status"], "rejected");
     let honest = next_night_and_tools(&stack, &mut baseline);
@@ -468,7 +468,7 @@ async fn a_length_lie_is_refused_and_verify_never_quarantines_an_intact_chunk() 
     assert_eq!(damage[0]["chunk"], id.to_hex());
     assert_eq!(
         damage[0]["affected"],
-        serde_json::json!([{"snapshot": "20000101T000000Z", "item": "object lie.pdf"}]),
+        serde_json::json!([{"snapshot_id": "20000101T000000Z", "item": "object lie.pdf"}]),
         "only the lying manifest is named"
     );
     assert!(damage[0].get("quarantined").is_none());
@@ -556,7 +556,7 @@ async fn restore_and_drill_latest_pick_the_newest_good_snapshot() {
     let drill = cli(&stack, &["drill", "--json"]);
     assert!(drill.status.success(), "{}", text(&drill));
     let report: serde_json::Value = serde_json::from_slice(&drill.stdout).unwrap();
-    assert_eq!(report["snapshot"], baseline.first());
+    assert_eq!(report["snapshot_id"], baseline.first());
     assert!(stack
         .repo()
         .join(format!("drills/{}.json", baseline.first()))
@@ -832,11 +832,11 @@ async fn a_commit_before_the_honest_night_is_contested_and_never_copied() {
         .any(|a| a["event"] == "contested" && a["snapshots"][0] == attack.snapshot_id.as_str()));
     let listing: serde_json::Value =
         serde_json::from_slice(&cli(&stack, &["snapshots", "--json"]).stdout).unwrap();
-    let row = listing
+    let row = listing["snapshots"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["id"] == attack.snapshot_id.as_str())
+        .find(|s| s["snapshot_id"] == attack.snapshot_id.as_str())
         .unwrap();
     assert_eq!(row["status"], "suspect");
 

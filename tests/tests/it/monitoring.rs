@@ -387,7 +387,7 @@ async fn a_snapshot_the_receiver_flags_suspect_exits_7_and_pings_fail() {
     assert_eq!(rows.len(), 2);
     assert!(
         rows.iter()
-            .any(|r| r["id"] == id.as_str() && r["suspect"].is_string()),
+            .any(|r| r["snapshot_id"] == id.as_str() && r["suspect"].is_string()),
         "{rows:#?}"
     );
 }

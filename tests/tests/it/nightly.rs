@@ -117,8 +117,8 @@ async fn two_nights_send_only_changes_and_both_snapshots_restore_exactly() {
     // The snapshot list shows both, newest last, with the receiver's figures.
     let list = stack.snapshots();
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0]["id"], snap1.as_str());
-    assert_eq!(list[1]["id"], snap2.as_str());
+    assert_eq!(list[0]["snapshot_id"], snap1.as_str());
+    assert_eq!(list[1]["snapshot_id"], snap2.as_str());
     assert_eq!(list[0]["object_count"], 25);
     assert_eq!(list[1]["object_count"], 26);
     assert_eq!(list[1]["dump_bytes"], dump2_bytes);

@@ -212,7 +212,10 @@ async fn rollback_and_drill_runbooks_work_as_written() {
         .unwrap();
     let damaged = snapshot_of(&stack);
     let rows = stack.snapshots();
-    let suspect = rows.iter().find(|r| r["id"] == damaged.as_str()).unwrap();
+    let suspect = rows
+        .iter()
+        .find(|r| r["snapshot_id"] == damaged.as_str())
+        .unwrap();
     assert!(suspect["suspect"].is_string(), "{rows:#?}");
 
     // ---- §6: the quarterly drill, as the timer runs it, through drill.sh. -------------
@@ -245,7 +248,7 @@ async fn rollback_and_drill_runbooks_work_as_written() {
     assert_eq!(kept.len(), 1, "{kept:?}");
     let report: Value = serde_json::from_slice(&std::fs::read(&kept[0]).unwrap()).unwrap();
     assert_eq!(report["passed"], true);
-    assert_eq!(report["snapshot"], first.as_str());
+    assert_eq!(report["snapshot_id"], first.as_str());
     assert_eq!(report["objects"]["restored"], objects_first.len() as u64);
     assert_eq!(report["objects"]["failed"], 0);
     assert!(kept[0]

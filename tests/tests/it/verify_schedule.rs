@@ -197,7 +197,7 @@ async fn a_scheduled_pass_finds_rot_by_itself_pings_once_and_the_next_night_heal
     );
     let body = pings.pings_for("receiver")[3].body.clone();
     assert!(
-        body.starts_with(&format!("receiver: PERMANENT LOSS: chunk {letter} (Corrupt, found {}) was not uploaded again by a later night; no source still has it. Affected (1 places): snapshot {snap1} object briefe/oma.pdf\n", hour(1).to_rfc3339())),
+        body.starts_with(&format!("receiver: PERMANENT LOSS: chunk {letter} (corrupt, found {}) was not uploaded again by a later night; no source still has it. Affected (1 places): snapshot {snap1} object briefe/oma.pdf\n", hour(1).to_rfc3339())),
         "{body}"
     );
     assert!(!body.contains(&photo), "{body}");

@@ -60,6 +60,8 @@ const ESCAPE_ROLES: [&str; 3] = [
 pub enum DrillError {
     #[error(transparent)]
     Repo(#[from] RepoError),
+    #[error(transparent)]
+    Select(#[from] crate::operator::select::SelectError),
     #[error("no snapshot is at least {wanted} old: {detail}")]
     NoneOldEnough { wanted: String, detail: String },
     #[error("the drill was interrupted (SIGTERM or Ctrl-C, e.g. its time limit) before it finished; the sandbox was removed")]
@@ -75,8 +77,9 @@ pub enum DrillError {
 /// Which snapshot to drill.
 #[derive(Debug, Clone)]
 pub enum Selector {
-    /// An id, or `latest` (the newest good snapshot); a snapshot that is not good only
-    /// by its id and with `allow_suspect`.
+    /// A name as operator/select.rs reads it (an id or unique prefix, `latest`,
+    /// `latest~N`, a day); a snapshot that is not good only by its id and with
+    /// `allow_suspect`.
     Named { name: String, allow_suspect: bool },
     /// The newest good snapshot committed at least this long ago (receiver's clock).
     OlderThan(Duration),
@@ -86,6 +89,8 @@ pub struct DrillOptions {
     pub repo: PathBuf,
     pub selector: Selector,
     pub config: DrillConfig,
+    /// The retention time zone: days in snapshot names, times in the report's text.
+    pub time_zone: chrono_tz::Tz,
     /// The receiver's clock reading at the start of the drill.
     pub now: DateTime<Utc>,
     /// Files the sandbox's OS user must not be able to read besides the repository
@@ -106,12 +111,32 @@ pub fn select(
     repo: &Repository,
     selector: &Selector,
     now: DateTime<Utc>,
+    tz: chrono_tz::Tz,
 ) -> Result<Manifest, DrillError> {
+    use crate::operator::select::{resolve, Context, Counting};
     match selector {
         Selector::Named {
             name,
             allow_suspect,
-        } => Ok(repo.resolve(name, *allow_suspect)?),
+        } => {
+            let cx = Context {
+                tz,
+                now,
+                counting: Counting::Good,
+            };
+            let chosen = resolve(repo, name, &cx)?;
+            if !allow_suspect {
+                if let Some(why) = crate::store::verdicts::not_good_because(repo, &chosen.manifest)?
+                {
+                    return Err(RepoError::NotGood {
+                        id: chosen.manifest.id,
+                        why,
+                    }
+                    .into());
+                }
+            }
+            Ok(chosen.manifest)
+        }
         Selector::OlderThan(min_age) => {
             let wanted = short_duration(min_age.as_secs());
             let mut manifests = Vec::new();
@@ -138,7 +163,7 @@ pub fn select(
                     detail: format!(
                         "the oldest, {}, was taken {} ({} old)",
                         oldest.id,
-                        oldest.time.to_rfc3339(),
+                        crate::clock::on_screen(oldest.time, tz),
                         human_age(now - oldest.time)
                     ),
                 }),
@@ -243,7 +268,7 @@ pub async fn run_and_ping(
 pub async fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
     let started = Instant::now();
     let repo = crate::store::open::repository(&opts.repo).map_err(RepoError::from)?;
-    let manifest = select(&repo, &opts.selector, opts.now)?;
+    let manifest = select(&repo, &opts.selector, opts.now, opts.time_zone)?;
     tracing::info!(snapshot = %manifest.id, "restore drill starting");
     let scratch_parent = opts
         .config
@@ -266,9 +291,8 @@ pub async fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
     };
     let mut report = Report {
         snapshot: manifest.id.clone(),
-        snapshot_time: manifest
-            .time
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        time: manifest.time,
+        zone: opts.time_zone,
         age_seconds: (opts.now - manifest.time).num_seconds(),
         age: human_age(opts.now - manifest.time),
         source_host: manifest.source_host.clone(),

@@ -63,13 +63,21 @@ pub struct NotRestored {
     pub error: String,
 }
 
-/// What a drill found. `passed` is true only when `failures` is empty.
+/// What a drill found. `passed` is true only when `failures` is empty. As JSON it is the
+/// body of the drill's report envelope (cli/report.rs), whose `snapshot_id` is
+/// [`Report::snapshot`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    #[serde(skip)]
     pub snapshot: String,
     /// The host the snapshot came from, as its sender named itself.
     pub source_host: String,
-    pub snapshot_time: String,
+    /// The snapshot's commit time (receiver clock).
+    #[serde(serialize_with = "crate::clock::json_time")]
+    pub time: DateTime<Utc>,
+    /// The retention time zone text shows times in.
+    #[serde(skip)]
+    pub zone: chrono_tz::Tz,
     pub age_seconds: i64,
     pub age: String,
     pub passed: bool,
@@ -98,7 +106,7 @@ impl Report {
         out.push_str(&format!(
             "restore drill {verdict}: snapshot {} ({}, {} old) from {}\n",
             escape(&self.snapshot),
-            self.snapshot_time,
+            crate::clock::on_screen(self.time, self.zone),
             self.age,
             escape(&self.source_host)
         ));
@@ -109,13 +117,24 @@ impl Report {
             ));
         }
         let iso = &self.isolation;
-        out.push_str(&format!(
-            "sandbox: {}\nrestored as: role {}, OS user {}, network: {}\n",
-            escape(&self.sandbox),
-            escape(&iso.role),
-            escape(&iso.os_user),
-            escape(&iso.network)
-        ));
+        out.push_str(&format!("sandbox: {}\n", escape(&self.sandbox)));
+        if iso.role.is_empty() && iso.os_user.is_empty() {
+            out.push_str("restored as: nothing was restored into a database\n");
+        } else {
+            let or_none = |s: &str| {
+                if s.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    escape(s).into_owned()
+                }
+            };
+            out.push_str(&format!(
+                "restored as: role {}, OS user {}, network: {}\n",
+                or_none(&iso.role),
+                or_none(&iso.os_user),
+                or_none(&iso.network)
+            ));
+        }
         for w in &iso.warnings {
             out.push_str(&format!("isolation WARNING: {}\n", escape(w)));
         }

@@ -80,3 +80,52 @@ fn counts_compare_exactly_both_ways() {
     );
     assert!(describe_mismatch(&c[1]).contains("public.b"));
 }
+
+#[test]
+fn a_drill_that_started_no_sandbox_says_so_without_empty_fields() {
+    use chrono::TimeZone;
+    let report = Report {
+        snapshot: "20260105T013000Z".into(),
+        source_host: "vps".into(),
+        time: Utc.with_ymd_and_hms(2026, 1, 5, 1, 30, 0).unwrap(),
+        zone: chrono_tz::Europe::Berlin,
+        age_seconds: 60,
+        age: "1m".into(),
+        passed: false,
+        suspect: None,
+        sandbox: "none started".into(),
+        isolation: Isolation::default(),
+        dump_bytes: 0,
+        not_restored: vec![],
+        tables: vec![],
+        sanity_queries: vec![],
+        objects: ObjectsResult::default(),
+        steps: vec![],
+        failures: vec!["snapshot 20260105T013000Z has no database dump".into()],
+        seconds: 0.1,
+    };
+    let text = report.text();
+    assert!(
+        text.starts_with("restore drill FAILED: snapshot 20260105T013000Z (2026-01-05 02:30:00 +01:00, 1m old) from vps\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("restored as: nothing was restored into a database\n"),
+        "{text}"
+    );
+    assert!(!text.contains("role ,"), "{text}");
+    let partial = Report {
+        isolation: Isolation {
+            os_user: "backup-drill".into(),
+            ..Isolation::default()
+        },
+        ..report
+    };
+    assert!(
+        partial
+            .text()
+            .contains("restored as: role (none), OS user backup-drill, network: (none)\n"),
+        "{}",
+        partial.text()
+    );
+}

@@ -320,7 +320,11 @@ pub fn objects_to_dir(
     use std::sync::Mutex;
 
     let target = Target::create(dir)?;
-    progress.start(Some(manifest.objects.len() as u64), "objects");
+    progress.start(
+        Some(manifest.objects.len() as u64),
+        Some(manifest.objects.iter().map(|o| o.size).sum()),
+        "objects",
+    );
     let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<(usize, String, RestoreError)>> = Mutex::new(Vec::new());
     let worker = || -> ObjectTotals {
