@@ -302,7 +302,7 @@ async fn every_command_prints_one_envelope_the_schema_describes() {
         assert_eq!(v.as_object().unwrap().len(), 4, "{what}: {v:#}");
     }
     // The verify that finds damage: a chunk of night 3 rots.
-    let m = backup_receiver::store::repository::Repository::open(stack.repo())
+    let m = backup_receiver::store::open::repository(stack.repo())
         .unwrap()
         .load_manifest(&third)
         .unwrap();

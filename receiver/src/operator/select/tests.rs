@@ -30,7 +30,11 @@ fn snap(repo: &Repository, time: DateTime<Utc>, suspect: bool) -> String {
 
 /// Five nights, 01:30 UTC (02:30 Berlin): Jan 3, 4, 5 (plus a suspect one at 23:30 UTC
 /// on Jan 5, which is Jan 6 in Berlin), and Jan 7 suspect.
-fn nights() -> (tempfile::TempDir, crate::store::repository::Maintainer, Vec<String>) {
+fn nights() -> (
+    tempfile::TempDir,
+    crate::store::repository::Maintainer,
+    Vec<String>,
+) {
     let d = tempfile::tempdir().unwrap();
     let repo = crate::store::open::create_or_open(d.path()).unwrap();
     let ids = vec![
